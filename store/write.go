@@ -1,0 +1,705 @@
+package store
+
+import (
+	"context"
+	"database/sql"
+	"errors"
+	"fmt"
+	"hash/fnv"
+	"net/http"
+	"sort"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/carta-fhir/carta/fhir"
+	"github.com/google/uuid"
+	"github.com/jackc/pgx/v5/pgconn"
+	"modernc.org/sqlite"
+	sqlite3 "modernc.org/sqlite/lib"
+)
+
+// Stored is one version of a resource as stored.
+type Stored struct {
+	rid     int64
+	Type    string
+	ID      string
+	Version int64
+	Updated time.Time
+	Deleted bool
+	// Raw is the resource JSON exactly as served (client content plus id and meta); nil for a deletion.
+	Raw []byte
+	// Method is the interaction that made this version (POST, PUT, DELETE), for history bundles.
+	Method string
+}
+
+// VersionID returns the version as meta.versionId writes it.
+func (s *Stored) VersionID() string { return strconv.FormatInt(s.Version, 10) }
+
+// WriteResult says what a write did.
+type WriteResult struct {
+	*Stored
+	// Created is true when the write created the resource (201).
+	Created bool
+	// Unchanged is true when nothing was written: an update identical to the current version, a conditional
+	// create that found its match, or a delete of something already deleted.
+	Unchanged bool
+}
+
+// Tx is a unit of work: every write made through it commits or rolls back together. A transaction Bundle is one Tx.
+type Tx struct {
+	s   *Store
+	tx  *sql.Tx
+	ctx context.Context
+	now time.Time
+	// locked records the conditional-operation locks this transaction holds.
+	locked map[string]bool
+}
+
+// InTx runs fn in a database transaction, committing when it returns nil. All writes in one Tx share one
+// lastUpdated instant.
+func (s *Store) InTx(ctx context.Context, fn func(*Tx) error) error {
+	if s.d == dialectSQLite {
+		s.writeMu.Lock()
+		defer s.writeMu.Unlock()
+	}
+	tx, err := s.db.BeginTx(ctx, nil)
+	if err != nil {
+		return s.dbErr("starting a transaction", err)
+	}
+	t := &Tx{s: s, tx: tx, ctx: ctx, now: s.now().UTC().Truncate(time.Millisecond)}
+	if err := fn(t); err != nil {
+		tx.Rollback()
+		return err
+	}
+	if err := tx.Commit(); err != nil {
+		return s.dbErr("committing", err)
+	}
+	return nil
+}
+
+// dbErr turns a driver error into an error for callers: lock timeouts and serialization failures become 409 or
+// 503 *fhir.Error (the client may retry); anything else is internal.
+func (s *Store) dbErr(what string, err error) error {
+	if _, ok := fhir.AsError(err); ok {
+		return err
+	}
+	if errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded) {
+		return fmt.Errorf("store: %s: %w", what, err)
+	}
+	var se *sqlite.Error
+	if errors.As(err, &se) && (se.Code()&0xff == sqlite3.SQLITE_BUSY || se.Code()&0xff == sqlite3.SQLITE_LOCKED) {
+		return &fhir.Error{Status: http.StatusServiceUnavailable, Issues: []fhir.Issue{{Severity: fhir.SeverityError, Code: fhir.IssueTransient, Diagnostics: "the database is busy; retry the request"}}, Headers: map[string]string{"Retry-After": "1"}}
+	}
+	var pe *pgconn.PgError
+	if errors.As(err, &pe) && (pe.Code == "40001" || pe.Code == "40P01") {
+		return fhir.Errorf(http.StatusConflict, fhir.IssueTransient, "the write conflicted with a concurrent one; retry the request")
+	}
+	return fmt.Errorf("store: %s: %w", what, err)
+}
+
+func uniqueViolation(err error) bool {
+	var se *sqlite.Error
+	if errors.As(err, &se) {
+		return se.Code() == sqlite3.SQLITE_CONSTRAINT_UNIQUE || se.Code() == sqlite3.SQLITE_CONSTRAINT_PRIMARYKEY
+	}
+	var pe *pgconn.PgError
+	return errors.As(err, &pe) && pe.Code == "23505"
+}
+
+func (t *Tx) exec(q string, args ...any) error {
+	_, err := t.tx.ExecContext(t.ctx, t.s.d.rebind(q), args...)
+	if err != nil {
+		return t.s.dbErr("writing", err)
+	}
+	return nil
+}
+
+// Now is the lastUpdated instant of this transaction's writes.
+func (t *Tx) Now() time.Time { return t.now }
+
+// lockConditional serializes conditional operations on one resource type across replicas, so that concurrent
+// conditional creates with the same criteria cannot both find nothing and both create. On SQLite the
+// transaction already holds the database's single write lock.
+func (t *Tx) lockConditional(typ string) error {
+	if t.s.d != dialectPostgres || t.locked[typ] {
+		return nil
+	}
+	h := fnv.New64a()
+	h.Write([]byte("carta-conditional/" + typ))
+	if err := t.exec(`SELECT pg_advisory_xact_lock(?)`, int64(h.Sum64())); err != nil {
+		return err
+	}
+	if t.locked == nil {
+		t.locked = map[string]bool{}
+	}
+	t.locked[typ] = true
+	return nil
+}
+
+// CreateOptions modify a create.
+type CreateOptions struct {
+	// ID, when set, is the id to create with (update-as-create); otherwise the server assigns one.
+	ID string
+	// IfNoneExist makes the create conditional: nothing is created when exactly one resource matches.
+	IfNoneExist *fhir.Query
+	// Method is recorded in history ("POST" unless set).
+	Method string
+}
+
+// Create stores a new resource (already parsed and validated). With IfNoneExist it returns the one existing match
+// unchanged, or a 412 *fhir.Error when several match. A patient-limited caller may only create resources in its
+// patient's compartment (403 otherwise).
+func (t *Tx) Create(typ string, res *fhir.Object, opt CreateOptions, acc *fhir.Access) (*WriteResult, error) {
+	if opt.IfNoneExist != nil {
+		if err := t.lockConditional(typ); err != nil {
+			return nil, err
+		}
+		found, err := t.matchAll(opt.IfNoneExist, acc, 2)
+		if err != nil {
+			return nil, err
+		}
+		switch len(found) {
+		case 0:
+		case 1:
+			return &WriteResult{Stored: found[0], Unchanged: true}, nil
+		default:
+			return nil, fhir.Errorf(http.StatusPreconditionFailed, fhir.IssueMultiple, "If-None-Exist matched more than one %s; make the criteria more selective", typ)
+		}
+	}
+	id := opt.ID
+	if id == "" {
+		id = uuid.NewString()
+	}
+	method := opt.Method
+	if method == "" {
+		method = http.MethodPost
+	}
+	st := &Stored{Type: typ, ID: id, Version: 1, Updated: t.now, Method: method}
+	fhir.StampMeta(res, id, fhir.Meta{VersionID: "1", LastUpdated: t.now})
+	st.Raw = fhir.AppendJSON(nil, res)
+	idx := t.s.indexer.Extract(res)
+	patients, err := t.patientsOf(typ, id, res, idx)
+	if err != nil {
+		return nil, err
+	}
+	if err := checkWriteAccess(acc, typ, patients); err != nil {
+		return nil, err
+	}
+	row := t.tx.QueryRowContext(t.ctx, t.s.d.rebind(`INSERT INTO resources (type, id, version, updated, deleted, raw) VALUES (?, ?, 1, ?, 0, ?) RETURNING rid`),
+		typ, id, micros(t.now), st.Raw)
+	if err := row.Scan(&st.rid); err != nil {
+		if uniqueViolation(err) {
+			return nil, fhir.Errorf(http.StatusConflict, fhir.IssueDuplicate, "%s/%s already exists", typ, id)
+		}
+		return nil, t.s.dbErr("creating", err)
+	}
+	if err := t.writeVersion(st, patients, idx, res); err != nil {
+		return nil, err
+	}
+	return &WriteResult{Stored: st, Created: true}, nil
+}
+
+// UpdateOptions modify an update.
+type UpdateOptions struct {
+	// IfMatch, when set, is the version the client expects to replace (from If-Match: W/"n").
+	IfMatch string
+}
+
+// Update replaces a resource with a new version, or creates it with the client's id when it does not exist
+// (update-as-create). An update identical to the current version (apart from meta.versionId and
+// meta.lastUpdated) writes nothing and returns the current version. A stale IfMatch gives 412.
+func (t *Tx) Update(typ, id string, res *fhir.Object, opt UpdateOptions, acc *fhir.Access) (*WriteResult, error) {
+	cur, curPatients, err := t.current(typ, id)
+	if err != nil {
+		return nil, err
+	}
+	if cur == nil {
+		if opt.IfMatch != "" {
+			return nil, fhir.Errorf(http.StatusPreconditionFailed, fhir.IssueConflict, "If-Match: %s/%s does not exist, so no version matches %q", typ, id, opt.IfMatch)
+		}
+		return t.Create(typ, res, CreateOptions{ID: id, Method: http.MethodPut}, acc)
+	}
+	if acc.PatientOnly() != "" && !cur.Deleted && !contains(curPatients, acc.Patient) {
+		return nil, forbiddenWrite(typ)
+	}
+	if opt.IfMatch != "" && opt.IfMatch != cur.VersionID() {
+		return nil, fhir.Errorf(http.StatusPreconditionFailed, fhir.IssueConflict, "If-Match: %s/%s is at version %d, not %s; read it again and reapply the change", typ, id, cur.Version, opt.IfMatch)
+	}
+	if !cur.Deleted && sameContent(cur.Raw, res) {
+		return &WriteResult{Stored: cur, Unchanged: true}, nil
+	}
+	st := &Stored{rid: cur.rid, Type: typ, ID: id, Version: cur.Version + 1, Updated: t.now, Method: http.MethodPut}
+	fhir.StampMeta(res, id, fhir.Meta{VersionID: st.VersionID(), LastUpdated: t.now})
+	st.Raw = fhir.AppendJSON(nil, res)
+	idx := t.s.indexer.Extract(res)
+	patients, err := t.patientsOf(typ, id, res, idx)
+	if err != nil {
+		return nil, err
+	}
+	if err := checkWriteAccess(acc, typ, patients); err != nil {
+		return nil, err
+	}
+	r, err := t.tx.ExecContext(t.ctx, t.s.d.rebind(`UPDATE resources SET version = ?, updated = ?, deleted = 0, raw = ? WHERE rid = ? AND version = ?`),
+		st.Version, micros(t.now), st.Raw, cur.rid, cur.Version)
+	if err != nil {
+		return nil, t.s.dbErr("updating", err)
+	}
+	if n, _ := r.RowsAffected(); n != 1 {
+		return nil, fhir.Errorf(http.StatusConflict, fhir.IssueConflict, "%s/%s changed while it was being updated; retry", typ, id)
+	}
+	if err := t.clearIndex(cur.rid); err != nil {
+		return nil, err
+	}
+	if err := t.writeVersion(st, patients, idx, res); err != nil {
+		return nil, err
+	}
+	return &WriteResult{Stored: st, Created: cur.Deleted}, nil
+}
+
+// DeleteOptions modify a delete.
+type DeleteOptions struct {
+	IfMatch string
+}
+
+// Delete marks a resource deleted: reads then answer 410, searches no longer find it, and its history keeps every
+// version. Deleting an already deleted resource changes nothing. A resource that never existed gives 404.
+func (t *Tx) Delete(typ, id string, opt DeleteOptions, acc *fhir.Access) (*WriteResult, error) {
+	cur, curPatients, err := t.current(typ, id)
+	if err != nil {
+		return nil, err
+	}
+	if cur == nil {
+		return nil, fhir.NotFound(typ, id)
+	}
+	if acc.PatientOnly() != "" {
+		if cur.Deleted {
+			return nil, fhir.NotFound(typ, id)
+		}
+		if !contains(curPatients, acc.Patient) {
+			return nil, fhir.NotFound(typ, id)
+		}
+		if !fhir.InCompartment(typ) {
+			return nil, forbiddenWrite(typ)
+		}
+	}
+	if opt.IfMatch != "" && opt.IfMatch != cur.VersionID() {
+		return nil, fhir.Errorf(http.StatusPreconditionFailed, fhir.IssueConflict, "If-Match: %s/%s is at version %d, not %s", typ, id, cur.Version, opt.IfMatch)
+	}
+	if cur.Deleted {
+		return &WriteResult{Stored: cur, Unchanged: true}, nil
+	}
+	st := &Stored{rid: cur.rid, Type: typ, ID: id, Version: cur.Version + 1, Updated: t.now, Deleted: true, Method: http.MethodDelete}
+	r, err := t.tx.ExecContext(t.ctx, t.s.d.rebind(`UPDATE resources SET version = ?, updated = ?, deleted = 1, raw = NULL WHERE rid = ? AND version = ?`),
+		st.Version, micros(t.now), cur.rid, cur.Version)
+	if err != nil {
+		return nil, t.s.dbErr("deleting", err)
+	}
+	if n, _ := r.RowsAffected(); n != 1 {
+		return nil, fhir.Errorf(http.StatusConflict, fhir.IssueConflict, "%s/%s changed while it was being deleted; retry", typ, id)
+	}
+	if err := t.exec(`INSERT INTO history (rid, version, type, id, updated, method, deleted, patients, raw) VALUES (?, ?, ?, ?, ?, ?, 1, ?, NULL)`,
+		cur.rid, st.Version, typ, id, micros(t.now), http.MethodDelete, joinPatients(curPatients)); err != nil {
+		return nil, err
+	}
+	if err := t.clearIndex(cur.rid); err != nil {
+		return nil, err
+	}
+	return &WriteResult{Stored: st}, nil
+}
+
+func forbiddenWrite(typ string) error {
+	return fhir.Errorf(http.StatusForbidden, fhir.IssueForbidden, "a patient-scoped token may only write resources in its own patient's compartment; this %s is not", typ)
+}
+
+// checkWriteAccess refuses a patient-limited caller a write whose result would not be in its compartment.
+func checkWriteAccess(acc *fhir.Access, typ string, patients []string) error {
+	p := acc.PatientOnly()
+	if p == "" {
+		return nil
+	}
+	if !fhir.InCompartment(typ) || !contains(patients, p) {
+		return forbiddenWrite(typ)
+	}
+	return nil
+}
+
+func contains(list []string, s string) bool {
+	for _, e := range list {
+		if e == s {
+			return true
+		}
+	}
+	return false
+}
+
+// sameContent reports whether stored JSON and a new resource hold the same data apart from server-managed meta.
+func sameContent(storedRaw []byte, res *fhir.Object) bool {
+	v, err := fhir.ParseJSON(storedRaw)
+	if err != nil {
+		return false
+	}
+	old, ok := v.(*fhir.Object)
+	if !ok {
+		return false
+	}
+	nw := fhir.Clone(res).(*fhir.Object)
+	fhir.StripServerMeta(old)
+	fhir.StripServerMeta(nw)
+	return fhir.Equal(old, nw)
+}
+
+// current reads the current row of a resource for writing (locking it on PostgreSQL) and its compartment
+// patients. It returns nil when the resource never existed.
+func (t *Tx) current(typ, id string) (*Stored, []string, error) {
+	q := `SELECT rid, version, updated, deleted, raw FROM resources WHERE type = ? AND id = ?`
+	if t.s.d == dialectPostgres {
+		q += ` FOR UPDATE`
+	}
+	st := &Stored{Type: typ, ID: id}
+	var upd, del int64
+	err := t.tx.QueryRowContext(t.ctx, t.s.d.rebind(q), typ, id).Scan(&st.rid, &st.Version, &upd, &del, &st.Raw)
+	if errors.Is(err, sql.ErrNoRows) {
+		return nil, nil, nil
+	}
+	if err != nil {
+		return nil, nil, t.s.dbErr("reading", err)
+	}
+	st.Updated, st.Deleted = fromMicros(upd), del != 0
+	var patients []string
+	if st.Deleted {
+		var p string
+		err := t.tx.QueryRowContext(t.ctx, t.s.d.rebind(`SELECT patients FROM history WHERE rid = ? AND version = ?`), st.rid, st.Version).Scan(&p)
+		if err != nil {
+			return nil, nil, t.s.dbErr("reading", err)
+		}
+		patients = splitPatients(p)
+	} else {
+		patients, err = t.compartmentOf(st.rid)
+		if err != nil {
+			return nil, nil, err
+		}
+	}
+	return st, patients, nil
+}
+
+func (t *Tx) compartmentOf(rid int64) ([]string, error) {
+	rows, err := t.tx.QueryContext(t.ctx, t.s.d.rebind(`SELECT DISTINCT patient FROM compartment WHERE rid = ?`), rid)
+	if err != nil {
+		return nil, t.s.dbErr("reading", err)
+	}
+	defer rows.Close()
+	var out []string
+	for rows.Next() {
+		var p string
+		if err := rows.Scan(&p); err != nil {
+			return nil, err
+		}
+		out = append(out, p)
+	}
+	return out, rows.Err()
+}
+
+// writeVersion writes the history row, index rows and compartment rows of a new version.
+func (t *Tx) writeVersion(st *Stored, patients []string, idx *fhir.Index, res *fhir.Object) error {
+	histPatients := patients
+	// A Binary is in the compartments of the DocumentReferences that point at it.
+	var docPatients map[int64][]string
+	if st.Type == "Binary" {
+		var err error
+		docPatients, err = t.documentsReferencing(st.ID)
+		if err != nil {
+			return err
+		}
+		for _, ps := range docPatients {
+			histPatients = union(histPatients, ps)
+		}
+	}
+	if err := t.exec(`INSERT INTO history (rid, version, type, id, updated, method, deleted, patients, raw) VALUES (?, ?, ?, ?, ?, ?, 0, ?, ?)`,
+		st.rid, st.Version, st.Type, st.ID, micros(st.Updated), st.Method, joinPatients(histPatients), st.Raw); err != nil {
+		return err
+	}
+	if err := t.insertIndex(st.rid, st.Type, idx); err != nil {
+		return err
+	}
+	var rows [][3]any
+	for _, p := range patients {
+		rows = append(rows, [3]any{p, st.rid, st.rid})
+	}
+	for doc, ps := range docPatients {
+		for _, p := range ps {
+			rows = append(rows, [3]any{p, st.rid, doc})
+		}
+	}
+	if st.Type == "DocumentReference" && len(patients) > 0 {
+		bins, err := t.binariesReferenced(idx)
+		if err != nil {
+			return err
+		}
+		for _, b := range bins {
+			for _, p := range patients {
+				rows = append(rows, [3]any{p, b, st.rid})
+			}
+		}
+	}
+	return t.insertRows("compartment", "patient, rid, via", 3, func(add func(...any)) {
+		for _, r := range rows {
+			add(r[0], r[1], r[2])
+		}
+	})
+}
+
+// clearIndex removes the index and compartment rows a resource contributed.
+func (t *Tx) clearIndex(rid int64) error {
+	if t.s.d == dialectPostgres {
+		return t.exec(`WITH a AS (DELETE FROM idx_string WHERE rid = ?), b AS (DELETE FROM idx_token WHERE rid = ?),
+			c AS (DELETE FROM idx_ref WHERE rid = ?), d AS (DELETE FROM idx_date WHERE rid = ?),
+			e AS (DELETE FROM idx_number WHERE rid = ?), f AS (DELETE FROM idx_quantity WHERE rid = ?),
+			g AS (DELETE FROM idx_uri WHERE rid = ?)
+			DELETE FROM compartment WHERE rid = ? OR via = ?`, rid, rid, rid, rid, rid, rid, rid, rid, rid)
+	}
+	for _, tbl := range []string{"idx_string", "idx_token", "idx_ref", "idx_date", "idx_number", "idx_quantity", "idx_uri"} {
+		if err := t.exec(`DELETE FROM `+tbl+` WHERE rid = ?`, rid); err != nil {
+			return err
+		}
+	}
+	return t.exec(`DELETE FROM compartment WHERE rid = ? OR via = ?`, rid, rid)
+}
+
+// ParamID is the stable numeric id of a search parameter of a type in the index tables.
+func ParamID(typ, code string) int64 {
+	h := fnv.New32a()
+	h.Write([]byte(typ))
+	h.Write([]byte{'.'})
+	h.Write([]byte(code))
+	return int64(h.Sum32())
+}
+
+func (t *Tx) insertIndex(rid int64, typ string, idx *fhir.Index) error {
+	if err := t.insertRows("idx_string", "rid, pid, norm, exact", 4, func(add func(...any)) {
+		for _, e := range idx.Strings {
+			add(rid, ParamID(typ, e.Param), e.Norm, e.Exact)
+		}
+	}); err != nil {
+		return err
+	}
+	if err := t.insertRows("idx_token", "rid, pid, system, code, text", 5, func(add func(...any)) {
+		for _, e := range idx.Tokens {
+			add(rid, ParamID(typ, e.Param), e.System, e.Code, e.Text)
+		}
+	}); err != nil {
+		return err
+	}
+	if err := t.insertRows("idx_ref", "rid, pid, ttype, tid, tversion, url", 6, func(add func(...any)) {
+		for _, e := range idx.Refs {
+			add(rid, ParamID(typ, e.Param), e.Type, e.ID, e.Version, e.URL)
+		}
+	}); err != nil {
+		return err
+	}
+	if err := t.insertRows("idx_date", "rid, pid, lo, hi", 4, func(add func(...any)) {
+		for _, e := range idx.Dates {
+			add(rid, ParamID(typ, e.Param), e.Lo, e.Hi)
+		}
+	}); err != nil {
+		return err
+	}
+	if err := t.insertRows("idx_number", "rid, pid, value", 3, func(add func(...any)) {
+		for _, e := range idx.Numbers {
+			add(rid, ParamID(typ, e.Param), e.Value)
+		}
+	}); err != nil {
+		return err
+	}
+	if err := t.insertRows("idx_quantity", "rid, pid, system, code, unit, value", 6, func(add func(...any)) {
+		for _, e := range idx.Quantities {
+			add(rid, ParamID(typ, e.Param), e.System, e.Code, e.Unit, e.Value)
+		}
+	}); err != nil {
+		return err
+	}
+	return t.insertRows("idx_uri", "rid, pid, uri", 3, func(add func(...any)) {
+		for _, e := range idx.URIs {
+			add(rid, ParamID(typ, e.Param), e.URI)
+		}
+	})
+}
+
+// insertRows writes rows with multi-row INSERTs of at most 400 rows each.
+func (t *Tx) insertRows(table, cols string, width int, fill func(add func(...any))) error {
+	const batch = 400
+	var args []any
+	n := 0
+	flush := func() error {
+		if n == 0 {
+			return nil
+		}
+		var b strings.Builder
+		b.WriteString("INSERT INTO ")
+		b.WriteString(table)
+		b.WriteString(" (")
+		b.WriteString(cols)
+		b.WriteString(") VALUES ")
+		row := "(" + strings.Repeat("?, ", width-1) + "?)"
+		for i := 0; i < n; i++ {
+			if i > 0 {
+				b.WriteString(", ")
+			}
+			b.WriteString(row)
+		}
+		err := t.exec(b.String(), args...)
+		args, n = args[:0], 0
+		return err
+	}
+	var ferr error
+	fill(func(vals ...any) {
+		if ferr != nil {
+			return
+		}
+		args = append(args, vals...)
+		n++
+		if n == batch {
+			ferr = flush()
+		}
+	})
+	if ferr != nil {
+		return ferr
+	}
+	return flush()
+}
+
+// patientsOf computes the patients whose compartment a resource version belongs to (see fhir.CompartmentParams).
+func (t *Tx) patientsOf(typ, id string, res *fhir.Object, idx *fhir.Index) ([]string, error) {
+	set := map[string]bool{}
+	if typ == "Patient" {
+		set[id] = true
+	}
+	params := fhir.CompartmentParams(typ)
+	indirect := fhir.IndirectCompartment[typ]
+	for _, r := range idx.Refs {
+		if r.Type == "Patient" && contains(params, r.Param) {
+			set[r.ID] = true
+		}
+		if indirect != "" && r.Param == indirect && r.Type != "" && r.Type != "Patient" {
+			ps, err := t.patientsOfResource(r.Type, r.ID)
+			if err != nil {
+				return nil, err
+			}
+			for _, p := range ps {
+				set[p] = true
+			}
+		}
+	}
+	if typ == "Binary" {
+		if sc := res.Object("securityContext"); sc != nil {
+			if rt, rid, ok := t.s.indexer.LocalReference(sc.String("reference")); ok {
+				if rt == "Patient" {
+					set[rid] = true
+				} else {
+					ps, err := t.patientsOfResource(rt, rid)
+					if err != nil {
+						return nil, err
+					}
+					for _, p := range ps {
+						set[p] = true
+					}
+				}
+			}
+		}
+	}
+	out := make([]string, 0, len(set))
+	for p := range set {
+		out = append(out, p)
+	}
+	sort.Strings(out)
+	return out, nil
+}
+
+func (t *Tx) patientsOfResource(typ, id string) ([]string, error) {
+	rows, err := t.tx.QueryContext(t.ctx, t.s.d.rebind(`SELECT DISTINCT c.patient FROM compartment c JOIN resources x ON x.rid = c.rid WHERE x.type = ? AND x.id = ?`), typ, id)
+	if err != nil {
+		return nil, t.s.dbErr("reading", err)
+	}
+	defer rows.Close()
+	var out []string
+	for rows.Next() {
+		var p string
+		if err := rows.Scan(&p); err != nil {
+			return nil, err
+		}
+		out = append(out, p)
+	}
+	return out, rows.Err()
+}
+
+// binariesReferenced returns the rids of local Binaries a DocumentReference's attachments point at.
+func (t *Tx) binariesReferenced(idx *fhir.Index) ([]int64, error) {
+	var ids []string
+	for _, u := range idx.URIs {
+		if u.Param != "location" {
+			continue
+		}
+		if typ, id, ok := t.s.indexer.LocalReference(u.URI); ok && typ == "Binary" {
+			ids = append(ids, id)
+		}
+	}
+	var out []int64
+	for _, id := range ids {
+		var rid int64
+		err := t.tx.QueryRowContext(t.ctx, t.s.d.rebind(`SELECT rid FROM resources WHERE type = 'Binary' AND id = ?`), id).Scan(&rid)
+		if errors.Is(err, sql.ErrNoRows) {
+			continue
+		}
+		if err != nil {
+			return nil, t.s.dbErr("reading", err)
+		}
+		out = append(out, rid)
+	}
+	return out, nil
+}
+
+// documentsReferencing returns, for each DocumentReference whose attachment points at Binary/id, its patients.
+func (t *Tx) documentsReferencing(id string) (map[int64][]string, error) {
+	pid := ParamID("DocumentReference", "location")
+	urls := []string{"Binary/" + id}
+	if t.s.indexer.Base != "" {
+		urls = append(urls, t.s.indexer.Base+"/Binary/"+id)
+	}
+	rows, err := t.tx.QueryContext(t.ctx, t.s.d.rebind(`SELECT c.via, c.patient FROM compartment c
+		WHERE c.via = c.rid AND c.rid IN (SELECT u.rid FROM idx_uri u WHERE u.pid = ? AND u.uri IN (?, ?))`), pid, urls[0], urls[len(urls)-1])
+	if err != nil {
+		return nil, t.s.dbErr("reading", err)
+	}
+	defer rows.Close()
+	out := map[int64][]string{}
+	for rows.Next() {
+		var doc int64
+		var p string
+		if err := rows.Scan(&doc, &p); err != nil {
+			return nil, err
+		}
+		out[doc] = append(out[doc], p)
+	}
+	return out, rows.Err()
+}
+
+func union(a, b []string) []string {
+	out := append([]string(nil), a...)
+	for _, e := range b {
+		if !contains(out, e) {
+			out = append(out, e)
+		}
+	}
+	sort.Strings(out)
+	return out
+}
+
+// joinPatients stores a patient list as " a b " so that LIKE '% a %' finds a member.
+func joinPatients(ps []string) string {
+	if len(ps) == 0 {
+		return ""
+	}
+	return " " + strings.Join(ps, " ") + " "
+}
+
+func splitPatients(s string) []string { return strings.Fields(s) }
