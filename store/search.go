@@ -1015,8 +1015,6 @@ func (t *Tx) Match(query *fhir.Query, acc *fhir.Access, limit int) ([]*Stored, e
 	return t.matchAll(query, acc, limit)
 }
 
-
-
 var cursorEncoding = base64.RawURLEncoding
 
 func mustJSON(v any) []byte {
