@@ -204,6 +204,8 @@ func (t *Tx) Create(typ string, res *fhir.Object, opt CreateOptions, acc *fhir.A
 type UpdateOptions struct {
 	// IfMatch, when set, is the version the client expects to replace (from If-Match: W/"n").
 	IfMatch string
+	// Check, when set, may refuse the change after seeing the current version (e.g. a restricted scope).
+	Check func(cur *Stored) error
 }
 
 // Update replaces a resource with a new version, or creates it with the client's id when it does not exist
@@ -225,6 +227,11 @@ func (t *Tx) Update(typ, id string, res *fhir.Object, opt UpdateOptions, acc *fh
 	}
 	if opt.IfMatch != "" && opt.IfMatch != cur.VersionID() {
 		return nil, fhir.Errorf(http.StatusPreconditionFailed, fhir.IssueConflict, "If-Match: %s/%s is at version %d, not %s; read it again and reapply the change", typ, id, cur.Version, opt.IfMatch)
+	}
+	if !cur.Deleted && opt.Check != nil {
+		if err := opt.Check(cur); err != nil {
+			return nil, err
+		}
 	}
 	if !cur.Deleted && sameContent(cur.Raw, res) {
 		return &WriteResult{Stored: cur, Unchanged: true}, nil
@@ -260,6 +267,8 @@ func (t *Tx) Update(typ, id string, res *fhir.Object, opt UpdateOptions, acc *fh
 // DeleteOptions modify a delete.
 type DeleteOptions struct {
 	IfMatch string
+	// Check, when set, may refuse the deletion after seeing the current version.
+	Check func(cur *Stored) error
 }
 
 // Delete marks a resource deleted: reads then answer 410, searches no longer find it, and its history keeps every
@@ -288,6 +297,11 @@ func (t *Tx) Delete(typ, id string, opt DeleteOptions, acc *fhir.Access) (*Write
 	}
 	if cur.Deleted {
 		return &WriteResult{Stored: cur, Unchanged: true}, nil
+	}
+	if opt.Check != nil {
+		if err := opt.Check(cur); err != nil {
+			return nil, err
+		}
 	}
 	st := &Stored{rid: cur.rid, Type: typ, ID: id, Version: cur.Version + 1, Updated: t.now, Deleted: true, Method: http.MethodDelete}
 	r, err := t.tx.ExecContext(t.ctx, t.s.d.rebind(`UPDATE resources SET version = ?, updated = ?, deleted = 1, raw = NULL WHERE rid = ? AND version = ?`),

@@ -29,6 +29,7 @@ type bundle struct {
 
 type structureDefinition struct {
 	ResourceType string `json:"resourceType"`
+	Version      string `json:"version"`
 	ID           string `json:"id"`
 	URL          string `json:"url"`
 	Kind         string `json:"kind"`
@@ -99,6 +100,7 @@ type valueSet struct {
 }
 
 type searchParam struct {
+	Version     string      `json:"version,omitempty"`
 	URL         string      `json:"url"`
 	Code        string      `json:"code"`
 	Base        []string    `json:"base"`
@@ -166,7 +168,7 @@ func run(dir, out string) error {
 			if err := json.Unmarshal(r, &sd); err != nil {
 				return err
 			}
-			if sd.ResourceType != "StructureDefinition" || sd.Derivation == "constraint" || sd.Kind == "logical" {
+			if sd.ResourceType != "StructureDefinition" || sd.Derivation == "constraint" || sd.Kind == "logical" || notR4(sd.Version) {
 				continue
 			}
 			sds = append(sds, sd)
@@ -248,6 +250,10 @@ func run(dir, out string) error {
 		if err := json.Unmarshal(r, &sp); err != nil {
 			return err
 		}
+		if notR4(sp.Version) {
+			continue
+		}
+		sp.Version = ""
 		sp.Description = firstSentence(sp.Description)
 		m.SearchParams = append(m.SearchParams, sp)
 	}
@@ -293,6 +299,11 @@ func run(dir, out string) error {
 	fmt.Printf("specgen: %d types, %d value sets (%d left unexpanded), %d search parameters, %d bytes raw\n",
 		len(m.Types), len(m.ValueSets), len(m.Unexpanded), len(m.SearchParams), len(data))
 	return nil
+}
+
+// notR4 recognizes the few later-release definitions (R4B, R5) that the npm package mixes into its R4 files.
+func notR4(version string) bool {
+	return strings.HasPrefix(version, "4.3") || strings.HasPrefix(version, "5.")
 }
 
 // firstSentence keeps CapabilityStatement documentation short: search parameter descriptions in R4 repeat a
@@ -347,9 +358,13 @@ func loadTerminology(dir string) (*terminology, error) {
 		for _, r := range res {
 			var head struct {
 				ResourceType string `json:"resourceType"`
+				Version      string `json:"version"`
 			}
 			if err := json.Unmarshal(r, &head); err != nil {
 				return nil, err
+			}
+			if notR4(head.Version) {
+				continue
 			}
 			switch head.ResourceType {
 			case "CodeSystem":

@@ -1,0 +1,224 @@
+package main
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/carta-fhir/carta/auth"
+	"github.com/carta-fhir/carta/handlers"
+	"github.com/carta-fhir/carta/store"
+	"github.com/redis/go-redis/v9"
+)
+
+// serveConfig is everything `carta serve` reads from flags and the environment.
+type serveConfig struct {
+	addr, data, baseURL, dbURL, redisURL string
+	logLevel                             slog.Level
+	maxBody                              int64
+	loc                                  *time.Location
+	syncFull                             bool
+}
+
+func parseServe(args []string, getenv func(string) string, stderr io.Writer) (*serveConfig, error) {
+	fs := newFlags("serve", stderr)
+	cfg := &serveConfig{}
+	fs.StringVar(&cfg.addr, "addr", envOr(getenv, "CARTA_ADDR", "127.0.0.1:8080"), "address to listen on")
+	fs.StringVar(&cfg.data, "data", envOr(getenv, "CARTA_DATA_DIR", "./carta-data"), "data directory for the embedded SQLite database and keys")
+	fs.StringVar(&cfg.baseURL, "base-url", getenv("CARTA_BASE_URL"), "public URL of the server (default http://ADDR); the FHIR base is BASE/fhir")
+	level := fs.String("log-level", envOr(getenv, "CARTA_LOG_LEVEL", "info"), "debug, info, warn or error")
+	maxBody := fs.Int64("max-body", int64(handlers.DefaultMaxBody), "largest accepted request body in bytes")
+	tz := fs.String("timezone", envOr(getenv, "CARTA_TIMEZONE", "UTC"), "zone for dates written without one (IANA name)")
+	sync := fs.String("sqlite-sync", envOr(getenv, "CARTA_SQLITE_SYNC", "normal"), "SQLite durability: normal (survives a crash of the server) or full (also survives power loss)")
+	if err := fs.Parse(args); err != nil {
+		return nil, err
+	}
+	if fs.NArg() > 0 {
+		return nil, usageErr("serve takes no arguments, got %q", fs.Arg(0))
+	}
+	cfg.dbURL, cfg.redisURL = getenv("CARTA_DATABASE_URL"), getenv("CARTA_REDIS_URL")
+	if err := cfg.logLevel.UnmarshalText([]byte(*level)); err != nil {
+		return nil, usageErr("--log-level %q: use debug, info, warn or error", *level)
+	}
+	if *maxBody < 1024 {
+		return nil, usageErr("--max-body must be at least 1024 bytes")
+	}
+	cfg.maxBody = *maxBody
+	loc, err := time.LoadLocation(*tz)
+	if err != nil {
+		return nil, usageErr("--timezone %q: %v", *tz, err)
+	}
+	cfg.loc = loc
+	switch *sync {
+	case "normal":
+	case "full":
+		cfg.syncFull = true
+	default:
+		return nil, usageErr("--sqlite-sync must be normal or full")
+	}
+	if cfg.baseURL != "" {
+		cfg.baseURL = strings.TrimSuffix(cfg.baseURL, "/")
+		if !strings.HasPrefix(cfg.baseURL, "http://") && !strings.HasPrefix(cfg.baseURL, "https://") {
+			return nil, usageErr("--base-url must start with http:// or https://")
+		}
+	}
+	return cfg, nil
+}
+
+func serve(ctx context.Context, args []string, getenv func(string) string, stdout, stderr io.Writer) error {
+	cfg, err := parseServe(args, getenv, stderr)
+	if err != nil {
+		return err
+	}
+	logs := newLogBuffer(stdout)
+	defer logs.Flush()
+	log := slog.New(slog.NewJSONHandler(logs, &slog.HandlerOptions{Level: cfg.logLevel}))
+	go logs.run(ctx)
+
+	ln, err := net.Listen("tcp", cfg.addr)
+	if err != nil {
+		return fmt.Errorf("listening on %s: %w", cfg.addr, err)
+	}
+	defer ln.Close()
+	base := cfg.baseURL
+	if base == "" {
+		host, port, _ := net.SplitHostPort(ln.Addr().String())
+		if ip := net.ParseIP(host); ip != nil && ip.IsUnspecified() {
+			host = "localhost"
+		}
+		base = "http://" + net.JoinHostPort(host, port)
+	}
+	fhirBase := base + "/fhir"
+
+	st, err := store.Open(ctx, store.Config{DataDir: cfg.data, DatabaseURL: cfg.dbURL, Base: fhirBase, Loc: cfg.loc, Logger: log, SyncFull: cfg.syncFull})
+	if err != nil {
+		return err
+	}
+	defer st.Close()
+	if err := st.SetSetting(ctx, store.SettingFHIRBase, fhirBase); err != nil {
+		return err
+	}
+	if err := st.SetSetting(ctx, store.SettingIssuer, base); err != nil {
+		return err
+	}
+	keys, err := auth.LoadKeys(ctx, st)
+	if err != nil {
+		return err
+	}
+	var rdb *redis.Client
+	if cfg.redisURL != "" {
+		opt, err := redis.ParseURL(cfg.redisURL)
+		if err != nil {
+			return fmt.Errorf("CARTA_REDIS_URL: %w", err)
+		}
+		rdb = redis.NewClient(opt)
+		defer rdb.Close()
+		if err := rdb.Ping(ctx).Err(); err != nil {
+			return fmt.Errorf("Redis at %s does not answer: %w", opt.Addr, err)
+		}
+	}
+	revocations, err := store.NewRevocations(ctx, st, rdb)
+	if err != nil {
+		return err
+	}
+	bg, stopBG := context.WithCancel(ctx)
+	defer stopBG()
+	go revocations.Run(bg, 2*time.Second)
+
+	h, err := handlers.New(handlers.Config{
+		Store: st, Keys: keys, BaseURL: base, Logger: log, MaxBody: cfg.maxBody, Loc: cfg.loc, Version: carta(),
+		Verifier: &auth.Verifier{Keys: keys, Issuer: base, Audience: fhirBase, Revoked: revocations},
+	})
+	if err != nil {
+		return err
+	}
+	srv := &http.Server{
+		Handler:           h,
+		ReadHeaderTimeout: 10 * time.Second,
+		ReadTimeout:       2 * time.Minute,
+		WriteTimeout:      5 * time.Minute,
+		IdleTimeout:       2 * time.Minute,
+		MaxHeaderBytes:    1 << 20,
+		ErrorLog:          slog.NewLogLogger(log.Handler(), slog.LevelWarn),
+	}
+	backend := "SQLite in " + cfg.data
+	if cfg.dbURL != "" {
+		backend = "PostgreSQL"
+	}
+	if rdb != nil {
+		backend += " + Redis"
+	}
+	log.Info("serving", "fhir_base", fhirBase, "store", backend, "version", carta())
+	fmt.Fprintf(stderr, `Carta %s is serving FHIR R4 at %s (%s)
+
+  Get a token:     carta token --system --scope 'system/*.cruds'        (add --data %s if you changed it)
+  First request:   curl -H "Authorization: Bearer $TOKEN" %s/Patient
+  Capabilities:    curl %s/metadata
+  Stop:            Ctrl-C (finishes requests in flight)
+`, carta(), fhirBase, backend, cfg.data, fhirBase, fhirBase)
+
+	errc := make(chan error, 1)
+	go func() { errc <- srv.Serve(ln) }()
+	select {
+	case err := <-errc:
+		return fmt.Errorf("serving: %w", err)
+	case <-ctx.Done():
+	}
+	log.Info("shutting down: finishing requests in flight")
+	sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 30*time.Second)
+	defer cancel()
+	if err := srv.Shutdown(sctx); err != nil {
+		log.Warn("shutdown did not finish in time", "err", err)
+	}
+	if err := <-errc; err != nil && !errors.Is(err, http.ErrServerClosed) {
+		return err
+	}
+	log.Info("stopped")
+	return nil
+}
+
+// logBuffer batches log lines: one write per request line would cost a system call on the hot path. It flushes
+// every 100 ms and when the server stops.
+type logBuffer struct {
+	mu sync.Mutex
+	w  *bufio.Writer
+}
+
+func newLogBuffer(w io.Writer) *logBuffer { return &logBuffer{w: bufio.NewWriterSize(w, 64<<10)} }
+
+func (b *logBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.w.Write(p)
+}
+
+// Flush writes what is buffered.
+func (b *logBuffer) Flush() {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	b.w.Flush()
+}
+
+func (b *logBuffer) run(ctx context.Context) {
+	t := time.NewTicker(100 * time.Millisecond)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			b.Flush()
+			return
+		case <-t.C:
+			b.Flush()
+		}
+	}
+}
+
+
