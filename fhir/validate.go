@@ -31,9 +31,17 @@ func (s *Spec) Validate(res *Object, path string) []Issue {
 	return v.issues
 }
 
-// ValidationError wraps validation issues as a 400 *Error.
+// ValidationError wraps validation issues as an *Error: 400 when the resource is malformed (syntax, types,
+// cardinality, unknown elements, required codes), 422 when it is well-formed but breaks an invariant of its
+// definition (a rule of the base profile).
 func ValidationError(issues []Issue) *Error {
-	return &Error{Status: http.StatusBadRequest, Issues: issues}
+	status := http.StatusUnprocessableEntity
+	for _, is := range issues {
+		if is.Code != IssueInvariant {
+			status = http.StatusBadRequest
+		}
+	}
+	return &Error{Status: status, Issues: issues}
 }
 
 type validator struct {
@@ -67,6 +75,9 @@ func (v *validator) resource(o *Object, path string, contained bool) {
 		path = rt
 	}
 	v.object(o, td.Root, path, true)
+	if !contained {
+		v.containedRefs(o, path)
+	}
 	if contained {
 		if _, ok := o.Get("contained"); ok {
 			v.add(IssueInvariant, path+".contained", "a contained resource must not contain other resources (dom-2)")
@@ -145,6 +156,21 @@ func (v *validator) object(o *Object, n *Node, path string, isResource bool) {
 			}
 		}
 	}
+	// per-1: a period does not end before it starts.
+	if n.Path == "Period" {
+		start, end := o.String("start"), o.String("end")
+		if start != "" && end != "" {
+			s, err1 := ParseDateTime("dateTime", start, nil)
+			e, err2 := ParseDateTime("dateTime", end, nil)
+			if err1 == nil && err2 == nil {
+				slo, _ := s.Range()
+				_, ehi := e.Range()
+				if !slo.Before(ehi) {
+					v.add(IssueInvariant, path, "the period ends (%s) before it starts (%s) (per-1)", end, start)
+				}
+			}
+		}
+	}
 	// ext-1: an extension has a value or nested extensions, never both.
 	if n.Path == "Extension" {
 		_, hasExt := o.Get("extension")
@@ -158,6 +184,77 @@ func (v *validator) object(o *Object, n *Node, path string, isResource bool) {
 			v.add(IssueInvariant, path, "an extension must have either extensions or value[x], not both (ext-1)")
 		}
 	}
+}
+
+// containedRefs checks ref-1 (a local reference "#id" names a contained resource) and dom-3 (every contained
+// resource is referenced from the resource, or refers to it with "#").
+func (v *validator) containedRefs(o *Object, path string) {
+	raw, _ := o.Get("contained")
+	list, _ := raw.([]any)
+	ids := map[string]bool{}
+	for _, c := range list {
+		if co, ok := c.(*Object); ok {
+			ids[co.String("id")] = false
+		}
+	}
+	var walk func(x any, p string)
+	walk = func(x any, p string) {
+		switch t := x.(type) {
+		case *Object:
+			for i, k := range t.Keys {
+				if s, ok := t.Vals[i].(string); ok && k == "reference" && strings.HasPrefix(s, "#") {
+					if s == "#" {
+						continue
+					}
+					if _, ok := ids[s[1:]]; !ok {
+						v.add(IssueInvariant, p+"."+k, "local reference %s names no contained resource (ref-1)", s)
+					} else {
+						ids[s[1:]] = true
+					}
+					continue
+				}
+				walk(t.Vals[i], p+"."+k)
+			}
+		case []any:
+			for i, e := range t {
+				walk(e, p+"["+strconv.Itoa(i)+"]")
+			}
+		}
+	}
+	walk(o, path)
+	// Contained resources that point back at the container count as referenced.
+	for i, c := range list {
+		co, ok := c.(*Object)
+		if !ok {
+			continue
+		}
+		if id := co.String("id"); id == "" {
+			v.add(IssueInvariant, path+".contained["+strconv.Itoa(i)+"]", "a contained resource needs an id so it can be referenced (dom-3)")
+		} else if !ids[id] && !refersTo(co, "#") {
+			v.add(IssueInvariant, path+".contained["+strconv.Itoa(i)+"]", "contained resource %q is not referenced from the resource (dom-3)", id)
+		}
+	}
+}
+
+func refersTo(x any, ref string) bool {
+	switch t := x.(type) {
+	case *Object:
+		for i, k := range t.Keys {
+			if s, ok := t.Vals[i].(string); ok && k == "reference" && s == ref {
+				return true
+			}
+			if refersTo(t.Vals[i], ref) {
+				return true
+			}
+		}
+	case []any:
+		for _, e := range t {
+			if refersTo(e, ref) {
+				return true
+			}
+		}
+	}
+	return false
 }
 
 func (v *validator) unknown(n *Node, path, key string) {

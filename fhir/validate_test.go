@@ -27,40 +27,44 @@ func TestExamplesValidate(t *testing.T) {
 func TestValidateRefuses(t *testing.T) {
 	tests := []struct {
 		name, body, wantExpr, wantMsg string
+		status                        int
 	}{
-		{"Malformed", `{"resourceType":"Patient",`, "", "not valid JSON"},
-		{"NotObject", `[1]`, "", "must be a JSON object"},
-		{"DuplicateKey", `{"resourceType":"Patient","id":"a","id":"b"}`, "", "appears twice"},
-		{"UnknownType", `{"resourceType":"Patientx"}`, "resourceType", "not an R4 resource type"},
-		{"UnknownElement", `{"resourceType":"Patient","someUnknownElement":{"keep":"me"}}`, "Patient.someUnknownElement", "unknown element"},
-		{"WrongCase", `{"resourceType":"Patient","BirthDate":"1970-01-01"}`, "Patient.BirthDate", `did you mean "birthDate"`},
-		{"BadDate", `{"resourceType":"Patient","birthDate":"yesterday"}`, "Patient.birthDate", "four-digit year"},
-		{"ImpossibleDate", `{"resourceType":"Patient","birthDate":"2021-02-30"}`, "Patient.birthDate", "day must be 01-28"},
-		{"DateTimeNoZone", `{"resourceType":"Observation","status":"final","code":{"text":"x"},"effectiveDateTime":"2020-01-01T10:00:00"}`, "Observation.effectiveDateTime", "needs a zone"},
-		{"BadGender", `{"resourceType":"Patient","gender":"M"}`, "Patient.gender", "required value set"},
-		{"EmptyString", `{"resourceType":"Patient","name":[{"family":""}]}`, "Patient.name[0].family", "empty strings"},
-		{"WrongPrimitiveType", `{"resourceType":"Patient","active":"yes"}`, "Patient.active", "expected a boolean"},
-		{"IntegerTooBig", `{"resourceType":"Patient","multipleBirthInteger":4294967296}`, "Patient.multipleBirthInteger", "2147483647"},
-		{"TwoChoices", `{"resourceType":"Patient","deceasedBoolean":true,"deceasedDateTime":"2020-01-01"}`, "Patient.deceasedDateTime", "only one of deceased[x]"},
-		{"MissingRequired", `{"resourceType":"DocumentReference","content":[{"attachment":{"url":"http://x"}}]}`, "DocumentReference.status", "status is required"},
-		{"MissingRequiredComplex", `{"resourceType":"DocumentReference","status":"current"}`, "DocumentReference.content", "content is required"},
-		{"TaskMissingIntent", `{"resourceType":"Task","status":"draft"}`, "Task.intent", "intent is required"},
-		{"ArrayForSingle", `{"resourceType":"Patient","gender":["male"]}`, "Patient.gender", "must not be a JSON array"},
-		{"SingleForArray", `{"resourceType":"Patient","name":{"family":"x"}}`, "Patient.name", "must be a JSON array"},
-		{"EmptyArray", `{"resourceType":"Patient","name":[]}`, "Patient.name", "empty arrays"},
-		{"EmptyObject", `{"resourceType":"Patient","name":[{}]}`, "Patient.name[0]", "empty objects"},
-		{"NullInArray", `{"resourceType":"Patient","name":[{"given":[null,"James"]}]}`, "Patient.name[0].given[0]", "null is only allowed"},
-		{"MisalignedExt", `{"resourceType":"Patient","name":[{"given":["a","b"],"_given":[null]}]}`, "Patient.name[0].given", "same number"},
-		{"ExtensionNoURL", `{"resourceType":"Patient","extension":[{"valueString":"x"}]}`, "Patient.extension[0].url", "url is required"},
-		{"ExtensionBoth", `{"resourceType":"Patient","extension":[{"url":"http://x","valueString":"x","extension":[{"url":"y","valueString":"z"}]}]}`, "Patient.extension[0]", "ext-1"},
-		{"ContainedInContained", `{"resourceType":"Patient","contained":[{"resourceType":"Organization","id":"o","contained":[{"resourceType":"Organization","id":"p"}]}]}`, "Patient.contained[0].contained", "dom-2"},
-		{"ContainedBadElement", `{"resourceType":"Patient","contained":[{"resourceType":"Organization","id":"o","nmae":"x"}]}`, "Patient.contained[0].nmae", "unknown element"},
-		{"BadID", `{"resourceType":"Patient","id":"a b"}`, "Patient.id", "not a valid id"},
-		{"BadBase64", `{"resourceType":"Binary","contentType":"text/plain","data":"not base64!"}`, "Binary.data", "base64"},
-		{"BadXHTML", `{"resourceType":"Patient","text":{"status":"generated","div":"<div>unclosed"}}`, "Patient.text.div", "well-formed"},
-		{"PrimitiveExtUnknown", `{"resourceType":"Patient","_birthDate":{"foo":1}}`, "Patient.birthDate.foo", "unknown element"},
-		{"LeadingZeroNumber", `{"resourceType":"Patient","multipleBirthInteger":01}`, "", "leading zero"},
-		{"BadUTF8", "{\"resourceType\":\"Patient\",\"id\":\"\xff\"}", "", "UTF-8"},
+		{"Malformed", `{"resourceType":"Patient",`, "", "not valid JSON", 0},
+		{"NotObject", `[1]`, "", "must be a JSON object", 0},
+		{"DuplicateKey", `{"resourceType":"Patient","id":"a","id":"b"}`, "", "appears twice", 0},
+		{"UnknownType", `{"resourceType":"Patientx"}`, "resourceType", "not an R4 resource type", 0},
+		{"UnknownElement", `{"resourceType":"Patient","someUnknownElement":{"keep":"me"}}`, "Patient.someUnknownElement", "unknown element", 0},
+		{"WrongCase", `{"resourceType":"Patient","BirthDate":"1970-01-01"}`, "Patient.BirthDate", `did you mean "birthDate"`, 0},
+		{"BadDate", `{"resourceType":"Patient","birthDate":"yesterday"}`, "Patient.birthDate", "four-digit year", 0},
+		{"ImpossibleDate", `{"resourceType":"Patient","birthDate":"2021-02-30"}`, "Patient.birthDate", "day must be 01-28", 0},
+		{"DateTimeNoZone", `{"resourceType":"Observation","status":"final","code":{"text":"x"},"effectiveDateTime":"2020-01-01T10:00:00"}`, "Observation.effectiveDateTime", "needs a zone", 0},
+		{"BadGender", `{"resourceType":"Patient","gender":"M"}`, "Patient.gender", "required value set", 0},
+		{"EmptyString", `{"resourceType":"Patient","name":[{"family":""}]}`, "Patient.name[0].family", "empty strings", 0},
+		{"WrongPrimitiveType", `{"resourceType":"Patient","active":"yes"}`, "Patient.active", "expected a boolean", 0},
+		{"IntegerTooBig", `{"resourceType":"Patient","multipleBirthInteger":4294967296}`, "Patient.multipleBirthInteger", "2147483647", 0},
+		{"TwoChoices", `{"resourceType":"Patient","deceasedBoolean":true,"deceasedDateTime":"2020-01-01"}`, "Patient.deceasedDateTime", "only one of deceased[x]", 0},
+		{"MissingRequired", `{"resourceType":"DocumentReference","content":[{"attachment":{"url":"http://x"}}]}`, "DocumentReference.status", "status is required", 0},
+		{"MissingRequiredComplex", `{"resourceType":"DocumentReference","status":"current"}`, "DocumentReference.content", "content is required", 0},
+		{"TaskMissingIntent", `{"resourceType":"Task","status":"draft"}`, "Task.intent", "intent is required", 0},
+		{"ArrayForSingle", `{"resourceType":"Patient","gender":["male"]}`, "Patient.gender", "must not be a JSON array", 0},
+		{"SingleForArray", `{"resourceType":"Patient","name":{"family":"x"}}`, "Patient.name", "must be a JSON array", 0},
+		{"EmptyArray", `{"resourceType":"Patient","name":[]}`, "Patient.name", "empty arrays", 0},
+		{"EmptyObject", `{"resourceType":"Patient","name":[{}]}`, "Patient.name[0]", "empty objects", 0},
+		{"NullInArray", `{"resourceType":"Patient","name":[{"given":[null,"James"]}]}`, "Patient.name[0].given[0]", "null is only allowed", 0},
+		{"MisalignedExt", `{"resourceType":"Patient","name":[{"given":["a","b"],"_given":[null]}]}`, "Patient.name[0].given", "same number", 0},
+		{"ExtensionNoURL", `{"resourceType":"Patient","extension":[{"valueString":"x"}]}`, "Patient.extension[0].url", "url is required", 0},
+		{"ExtensionBoth", `{"resourceType":"Patient","extension":[{"url":"http://x","valueString":"x","extension":[{"url":"y","valueString":"z"}]}]}`, "Patient.extension[0]", "ext-1", 422},
+		{"ContainedInContained", `{"resourceType":"Patient","managingOrganization":{"reference":"#o"},"contained":[{"resourceType":"Organization","id":"o","contained":[{"resourceType":"Organization","id":"p"}]}]}`, "Patient.contained[0].contained", "dom-2", 422},
+		{"PeriodBackwards", `{"resourceType":"Patient","name":[{"family":"x","period":{"start":"2020-02-01","end":"2020-01-01"}}]}`, "Patient.name[0].period", "per-1", 422},
+		{"DanglingLocalRef", `{"resourceType":"Patient","managingOrganization":{"reference":"#nope"}}`, "Patient.managingOrganization.reference", "ref-1", 422},
+		{"UnreferencedContained", `{"resourceType":"Patient","contained":[{"resourceType":"Organization","id":"o","name":"x"}]}`, "Patient.contained[0]", "dom-3", 422},
+		{"ContainedBadElement", `{"resourceType":"Patient","managingOrganization":{"reference":"#o"},"contained":[{"resourceType":"Organization","id":"o","nmae":"x"}]}`, "Patient.contained[0].nmae", "unknown element", 0},
+		{"BadID", `{"resourceType":"Patient","id":"a b"}`, "Patient.id", "not a valid id", 0},
+		{"BadBase64", `{"resourceType":"Binary","contentType":"text/plain","data":"not base64!"}`, "Binary.data", "base64", 0},
+		{"BadXHTML", `{"resourceType":"Patient","text":{"status":"generated","div":"<div>unclosed"}}`, "Patient.text.div", "well-formed", 0},
+		{"PrimitiveExtUnknown", `{"resourceType":"Patient","_birthDate":{"foo":1}}`, "Patient.birthDate.foo", "unknown element", 0},
+		{"LeadingZeroNumber", `{"resourceType":"Patient","multipleBirthInteger":01}`, "", "leading zero", 0},
+		{"BadUTF8", "{\"resourceType\":\"Patient\",\"id\":\"\xff\"}", "", "UTF-8", 0},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -69,8 +73,12 @@ func TestValidateRefuses(t *testing.T) {
 			if !ok {
 				t.Fatalf("accepted, want a 400 naming %q", tt.wantExpr)
 			}
-			if fe.Status != 400 {
-				t.Errorf("status %d, want 400", fe.Status)
+			want := tt.status
+			if want == 0 {
+				want = 400
+			}
+			if fe.Status != want {
+				t.Errorf("status %d, want %d", fe.Status, want)
 			}
 			found := false
 			for _, is := range fe.Issues {

@@ -290,6 +290,17 @@ func (s *Server) transaction(ctx context.Context, entries []*bentry, p *auth.Pri
 		}
 		grants[i] = g
 	}
+	// FHIR forbids two entries of one transaction touching the same resource: the result would depend on order.
+	touched := map[string]int{}
+	for _, e := range entries {
+		if (e.method == http.MethodPut || e.method == http.MethodDelete) && e.id != "" {
+			k := e.typ + "/" + e.id
+			if j, dup := touched[k]; dup {
+				return fhir.At(http.StatusConflict, fhir.IssueConflict, e.path, "entries %d and %d of this transaction both change %s; a transaction may change a resource once", j, e.i, k)
+			}
+			touched[k] = e.i
+		}
+	}
 	acc := p.Access()
 	return s.store.InTx(ctx, func(tx *store.Tx) error {
 		// 1. Decide the id of every created resource, so references between entries can be rewritten.
