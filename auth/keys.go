@@ -170,5 +170,3 @@ func (k *Keys) signingKey() (*rsa.PrivateKey, string) {
 	defer k.mu.RUnlock()
 	return k.signer, k.kid
 }
-
-

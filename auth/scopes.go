@@ -125,4 +125,3 @@ func grant(scopes []Scope, typ string, perm byte) fhir.Grant {
 	}
 	return g
 }
-

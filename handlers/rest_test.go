@@ -3,8 +3,8 @@ package handlers_test
 import (
 	"encoding/json"
 	"fmt"
-	"net/http/httptest"
 	"net/http"
+	"net/http/httptest"
 	"os"
 	"path/filepath"
 	"strings"
@@ -82,9 +82,9 @@ func TestErrorStatuses(t *testing.T) {
 		e.must(201, "POST", "/Patient", sys, `{"resourceType":"Patient","identifier":[{"system":"urn:t","value":"dup"}]}`)
 		cases := []struct {
 			name, method, path, token, body string
-			headers                          []string
-			status                           int
-			wantMsg, wantExpr                string
+			headers                         []string
+			status                          int
+			wantMsg, wantExpr               string
 		}{
 			{"MalformedJSON", "POST", "/Patient", sys, `{"resourceType":"Patient",`, nil, 400, "not valid JSON", ""},
 			{"UnknownElement", "POST", "/Patient", sys, `{"resourceType":"Patient","nmae":[{"family":"x"}]}`, nil, 400, "unknown element", "Patient.nmae"},

@@ -220,5 +220,3 @@ func (b *logBuffer) run(ctx context.Context) {
 		}
 	}
 }
-
-
