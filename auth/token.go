@@ -74,6 +74,11 @@ func (is *Issuer) Mint(g Grant) (string, *Claims, error) {
 		FHIRUser: g.FHIRUser,
 		ClientID: g.ClientID,
 	}
+	return is.MintClaims(c)
+}
+
+// MintClaims signs claims as given, with the current key.
+func (is *Issuer) MintClaims(c *Claims) (string, *Claims, error) {
 	key, kid := is.Keys.signingKey()
 	tok := jwt.NewWithClaims(jwt.SigningMethodRS256, c)
 	tok.Header["kid"] = kid

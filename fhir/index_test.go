@@ -26,7 +26,7 @@ func TestRegistryCoversRequiredParameters(t *testing.T) {
 		"Patient":           {"_id", "_lastUpdated", "identifier", "name", "family", "given", "birthdate", "gender", "address", "address-city", "address-postalcode", "address-state", "telecom", "phone", "email", "general-practitioner", "organization"},
 		"DocumentReference": {"patient", "subject", "category", "type", "date", "period", "status", "identifier", "author", "relatesto", "contenttype"},
 		"Task":              {"patient", "subject", "owner", "requester", "status", "business-status", "code", "focus", "authored-on", "modified", "part-of", "identifier", "due-date"},
-		"Communication":     {"patient", "subject", "part-of", "category", "sent", "sender", "recipient", "identifier"},
+		"Communication":     {"patient", "subject", "about", "part-of", "category", "sent", "sender", "recipient", "identifier"},
 		"Provenance":        {"target", "patient"},
 		"AuditEvent":        {"patient", "agent", "entity", "date", "type"},
 		"Observation":       {"patient", "category", "code", "date", "value-quantity"},

@@ -53,6 +53,10 @@ var customParams = []RawSearchParam{
 		Description: "The date by which the request must be acted on (restriction.period.end, the requestedPeriod extension or Carta's deadline extension)",
 	},
 	{
+		URL: CanonicalBase + "/SearchParameter/Communication-about", Code: "about", Base: []string{"Communication"}, Type: "reference",
+		Expression: "Communication.about", Description: "Resources the communication is about (e.g. the request Task it answers)",
+	},
+	{
 		URL: CanonicalBase + "/SearchParameter/AdverseEvent-patient", Code: "patient", Base: []string{"AdverseEvent"}, Type: "reference",
 		Expression: "AdverseEvent.subject.where(resolve() is Patient)", Target: []string{"Patient"},
 		Description: "The patient the adverse event is about",

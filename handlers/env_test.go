@@ -31,6 +31,12 @@ type env struct {
 func newEnv(t *testing.T, b storetest.Backend, opts ...func(*handlers.Config)) *env {
 	t.Helper()
 	ctx := context.Background()
+	e := &env{t: t}
+	var h http.Handler
+	e.srv = httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { h.ServeHTTP(w, r) }))
+	t.Cleanup(e.srv.Close)
+	e.base = e.srv.URL + "/fhir"
+	b.Config.Base = e.base
 	st := storetest.Open(t, b)
 	keys, err := auth.LoadKeys(ctx, st)
 	if err != nil {
@@ -40,11 +46,7 @@ func newEnv(t *testing.T, b storetest.Backend, opts ...func(*handlers.Config)) *
 	if err != nil {
 		t.Fatal(err)
 	}
-	e := &env{t: t, store: st, revoke: rev, keys: keys}
-	var h http.Handler
-	e.srv = httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { h.ServeHTTP(w, r) }))
-	t.Cleanup(e.srv.Close)
-	e.base = e.srv.URL + "/fhir"
+	e.store, e.revoke, e.keys = st, rev, keys
 	cfg := handlers.Config{Store: st, Keys: keys, BaseURL: e.srv.URL, Version: "test",
 		Verifier: &auth.Verifier{Keys: keys, Issuer: e.srv.URL, Audience: e.base, Revoked: rev}}
 	for _, o := range opts {
