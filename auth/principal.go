@@ -23,7 +23,7 @@ type Principal struct {
 	// patientLimited is true when the token's resource access is confined to Patient's compartment.
 	patientLimited bool
 
-	grants sync.Map // "type/perm" -> fhir.Grant
+	grants sync.Map // grantKey -> fhir.Grant
 	access *fhir.Access
 }
 
@@ -58,13 +58,18 @@ func (p *Principal) Grant(typ string, perm byte) fhir.Grant {
 	if p.patientLimited && p.Patient == "" {
 		return fhir.Grant{}
 	}
-	key := typ + "/" + string(perm)
+	key := grantKey{typ, perm}
 	if g, ok := p.grants.Load(key); ok {
 		return g.(fhir.Grant)
 	}
 	g := grant(p.Scopes, typ, perm)
 	p.grants.Store(key, g)
 	return g
+}
+
+type grantKey struct {
+	typ  string
+	perm byte
 }
 
 // Access returns the limits the store applies to everything this caller reads.

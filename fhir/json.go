@@ -181,6 +181,9 @@ func (p *parser) object(depth int) (any, error) {
 		p.pos++
 		return o, nil
 	}
+	// Duplicate names are found by scanning small objects and with a set past 16 members, so a hostile object
+	// with many members costs linear time.
+	var seen map[string]struct{}
 	for {
 		p.skipSpace()
 		if p.pos >= len(p.data) || p.data[p.pos] != '"' {
@@ -191,11 +194,27 @@ func (p *parser) object(depth int) (any, error) {
 		if err != nil {
 			return nil, err
 		}
-		for _, k := range o.Keys {
-			if k == key {
-				p.pos = start
-				return nil, p.fail("member %q appears twice in one object", key)
+		dup := false
+		if seen != nil {
+			_, dup = seen[key]
+			seen[key] = struct{}{}
+		} else {
+			for _, k := range o.Keys {
+				if k == key {
+					dup = true
+				}
 			}
+			if len(o.Keys) == 16 {
+				seen = make(map[string]struct{}, 64)
+				for _, k := range o.Keys {
+					seen[k] = struct{}{}
+				}
+				seen[key] = struct{}{}
+			}
+		}
+		if dup {
+			p.pos = start
+			return nil, p.fail("member %q appears twice in one object", key)
 		}
 		p.skipSpace()
 		if p.pos >= len(p.data) || p.data[p.pos] != ':' {

@@ -106,3 +106,19 @@ func TestValidateAccepts(t *testing.T) {
 		}
 	}
 }
+
+func TestManyMembersAndDuplicates(t *testing.T) {
+	var b strings.Builder
+	b.WriteString(`{"resourceType":"Patient"`)
+	for i := 0; i < 200000; i++ {
+		b.WriteString(`,"k`)
+		b.WriteString(strings.Repeat("x", i%7))
+		b.WriteString(string(rune('a' + i%26)))
+		b.WriteString(`":1`)
+	}
+	b.WriteString(`,"resourceType":"Patient"}`)
+	_, err := ParseJSON([]byte(b.String()))
+	if err == nil || !strings.Contains(err.Error(), "appears twice") {
+		t.Fatalf("duplicate after many members: %v", err)
+	}
+}

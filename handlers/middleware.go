@@ -9,7 +9,9 @@ import (
 	"log/slog"
 	"net/http"
 	"runtime/debug"
+	"strconv"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	"github.com/carta-fhir/carta/auth"
@@ -22,13 +24,22 @@ const (
 	keyPrincipal = "carta.principal"
 )
 
+// requestIDs numbers requests after a random per-process prefix: unique across replicas without a system call
+// per request.
+var (
+	requestPrefix = func() string {
+		b := make([]byte, 4)
+		rand.Read(b)
+		return hex.EncodeToString(b) + "-"
+	}()
+	requestSeq atomic.Uint64
+)
+
 // requestID takes a sane X-Request-Id from the client or makes one, and echoes it.
 func (s *Server) requestID(c *gin.Context) {
 	id := c.GetHeader("X-Request-Id")
 	if id == "" || len(id) > 128 || strings.IndexFunc(id, func(r rune) bool { return r < 0x21 || r > 0x7e }) >= 0 {
-		b := make([]byte, 8)
-		rand.Read(b)
-		id = hex.EncodeToString(b)
+		id = requestPrefix + strconv.FormatUint(requestSeq.Add(1), 36)
 	}
 	c.Set(keyRequestID, id)
 	c.Header("X-Request-Id", id)
@@ -37,6 +48,10 @@ func (s *Server) requestID(c *gin.Context) {
 
 // accessLog writes one structured line per request: never bodies, never tokens.
 func (s *Server) accessLog(c *gin.Context) {
+	if !s.log.Enabled(c.Request.Context(), slog.LevelInfo) {
+		c.Next()
+		return
+	}
 	start := time.Now()
 	c.Next()
 	route := c.FullPath()

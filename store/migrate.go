@@ -43,42 +43,47 @@ var migrations = []migration{
 			PRIMARY KEY (rid, version))`,
 		`CREATE INDEX history_type_updated ON history (type, updated)`,
 		`CREATE INDEX history_updated ON history (updated)`,
-		`CREATE TABLE idx_string (rid {int} NOT NULL, pid {int} NOT NULL, norm {text} NOT NULL, exact {text} NOT NULL)`,
+		// Index tables are keyed by resource first (deleting a resource's rows is a range delete) and carry one
+		// index for searching by value. On SQLite they are WITHOUT ROWID, so the key is the table itself.
+		`CREATE TABLE idx_string (rid {int} NOT NULL, pid {int} NOT NULL, norm {text} NOT NULL, exact {text} NOT NULL,
+			PRIMARY KEY (rid, pid, norm, exact)){norowid}`,
 		`CREATE INDEX idx_string_value ON idx_string (pid, norm)`,
-		`CREATE INDEX idx_string_exact ON idx_string (pid, exact)`,
-		`CREATE INDEX idx_string_rid ON idx_string (rid)`,
-		`CREATE TABLE idx_token (rid {int} NOT NULL, pid {int} NOT NULL, system {text} NOT NULL, code {text} NOT NULL, text {text} NOT NULL)`,
+		`CREATE TABLE idx_token (rid {int} NOT NULL, pid {int} NOT NULL, system {text} NOT NULL, code {text} NOT NULL, text {text} NOT NULL,
+			PRIMARY KEY (rid, pid, system, code, text)){norowid}`,
 		`CREATE INDEX idx_token_value ON idx_token (pid, code, system)`,
-		`CREATE INDEX idx_token_system ON idx_token (pid, system)`,
-		`CREATE INDEX idx_token_text ON idx_token (pid, text)`,
-		`CREATE INDEX idx_token_rid ON idx_token (rid)`,
-		`CREATE TABLE idx_ref (rid {int} NOT NULL, pid {int} NOT NULL, ttype {text} NOT NULL, tid {text} NOT NULL, tversion {text} NOT NULL, url {text} NOT NULL)`,
+		`CREATE INDEX idx_token_text ON idx_token (pid, text) WHERE text <> ''`,
+		// A reference is a local Type/id (ttype set) or any other URL (ttype empty, tid the URL).
+		`CREATE TABLE idx_ref (rid {int} NOT NULL, pid {int} NOT NULL, ttype {text} NOT NULL, tid {text} NOT NULL, tversion {text} NOT NULL,
+			PRIMARY KEY (rid, pid, ttype, tid, tversion)){norowid}`,
 		`CREATE INDEX idx_ref_target ON idx_ref (pid, tid, ttype)`,
-		`CREATE INDEX idx_ref_any ON idx_ref (tid, ttype)`,
-		`CREATE INDEX idx_ref_url ON idx_ref (pid, url)`,
-		`CREATE INDEX idx_ref_rid ON idx_ref (rid)`,
-		`CREATE TABLE idx_date (rid {int} NOT NULL, pid {int} NOT NULL, lo {int} NOT NULL, hi {int} NOT NULL)`,
+		`CREATE TABLE idx_date (rid {int} NOT NULL, pid {int} NOT NULL, lo {int} NOT NULL, hi {int} NOT NULL,
+			PRIMARY KEY (rid, pid, lo, hi)){norowid}`,
 		`CREATE INDEX idx_date_lo ON idx_date (pid, lo)`,
 		`CREATE INDEX idx_date_hi ON idx_date (pid, hi)`,
-		`CREATE INDEX idx_date_rid ON idx_date (rid)`,
-		`CREATE TABLE idx_number (rid {int} NOT NULL, pid {int} NOT NULL, value {real} NOT NULL)`,
+		`CREATE TABLE idx_number (rid {int} NOT NULL, pid {int} NOT NULL, value {real} NOT NULL,
+			PRIMARY KEY (rid, pid, value)){norowid}`,
 		`CREATE INDEX idx_number_value ON idx_number (pid, value)`,
-		`CREATE INDEX idx_number_rid ON idx_number (rid)`,
-		`CREATE TABLE idx_quantity (rid {int} NOT NULL, pid {int} NOT NULL, system {text} NOT NULL, code {text} NOT NULL, unit {text} NOT NULL, value {real} NOT NULL)`,
+		`CREATE TABLE idx_quantity (rid {int} NOT NULL, pid {int} NOT NULL, system {text} NOT NULL, code {text} NOT NULL, unit {text} NOT NULL, value {real} NOT NULL,
+			PRIMARY KEY (rid, pid, system, code, unit, value)){norowid}`,
 		`CREATE INDEX idx_quantity_value ON idx_quantity (pid, value)`,
-		`CREATE INDEX idx_quantity_rid ON idx_quantity (rid)`,
-		`CREATE TABLE idx_uri (rid {int} NOT NULL, pid {int} NOT NULL, uri {text} NOT NULL)`,
+		`CREATE TABLE idx_uri (rid {int} NOT NULL, pid {int} NOT NULL, uri {text} NOT NULL,
+			PRIMARY KEY (rid, pid, uri)){norowid}`,
 		`CREATE INDEX idx_uri_value ON idx_uri (pid, uri)`,
-		`CREATE INDEX idx_uri_rid ON idx_uri (rid)`,
-		`CREATE TABLE compartment (patient {text} NOT NULL, rid {int} NOT NULL, via {int} NOT NULL)`,
+		// compartment: resource rid is in patient's compartment because of resource via (itself, or the
+		// DocumentReference that points at a Binary).
+		`CREATE TABLE compartment (patient {text} NOT NULL, rid {int} NOT NULL, via {int} NOT NULL,
+			PRIMARY KEY (rid, via, patient)){norowid}`,
 		`CREATE INDEX compartment_patient ON compartment (patient, rid)`,
-		`CREATE INDEX compartment_rid ON compartment (rid)`,
-		`CREATE INDEX compartment_via ON compartment (via)`,
+		`CREATE INDEX compartment_via ON compartment (via) WHERE via <> rid`,
 	}},
 	{2, "settings, signing keys, revoked tokens", []string{
 		`CREATE TABLE settings (name {text} PRIMARY KEY, value {text} NOT NULL)`,
 		`CREATE TABLE signing_keys (kid {text} PRIMARY KEY, alg {text} NOT NULL, private_pem {text} NOT NULL, created {int} NOT NULL, retired {int} NOT NULL DEFAULT 0)`,
 		`CREATE TABLE revoked_tokens (jti {text} PRIMARY KEY, expires {int} NOT NULL)`,
+	}},
+	{3, "write generation counter", []string{
+		`CREATE TABLE carta_generation (id {int} PRIMARY KEY, n {int} NOT NULL)`,
+		`INSERT INTO carta_generation (id, n) VALUES (1, 0)`,
 	}},
 }
 
@@ -89,10 +94,10 @@ func (d dialect) ddl(s string) string {
 	var r *strings.Replacer
 	if d == dialectPostgres {
 		r = strings.NewReplacer("{pk}", "BIGINT GENERATED BY DEFAULT AS IDENTITY PRIMARY KEY", "{int}", "BIGINT",
-			"{text}", `TEXT COLLATE "C"`, "{blob}", "BYTEA", "{real}", "DOUBLE PRECISION")
+			"{text}", `TEXT COLLATE "C"`, "{blob}", "BYTEA", "{real}", "DOUBLE PRECISION", "{norowid}", "")
 	} else {
 		r = strings.NewReplacer("{pk}", "INTEGER PRIMARY KEY", "{int}", "INTEGER", "{text}", "TEXT",
-			"{blob}", "BLOB", "{real}", "REAL")
+			"{blob}", "BLOB", "{real}", "REAL", "{norowid}", " WITHOUT ROWID")
 	}
 	return r.Replace(s)
 }

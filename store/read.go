@@ -23,6 +23,9 @@ func (s *Store) Read(ctx context.Context, typ, id string, acc *fhir.Access) (*St
 	if !acc.Visible(typ) {
 		return nil, fhir.NotFound(typ, id)
 	}
+	if s.cache != nil {
+		return s.readCached(ctx, typ, id, acc)
+	}
 	st := &Stored{Type: typ, ID: id}
 	var upd, del int64
 	p := acc.PatientOnly()
@@ -65,6 +68,41 @@ func (s *Store) Read(ctx context.Context, typ, id string, acc *fhir.Access) (*St
 		}
 	}
 	return st, nil
+}
+
+func (s *Store) readCached(ctx context.Context, typ, id string, acc *fhir.Access) (*Stored, error) {
+	key := cacheKey(typ, id)
+	e, ok := s.cache.get(key)
+	if !ok {
+		epoch := s.cache.epoch(key)
+		var err error
+		e, err = s.load(ctx, typ, id)
+		if errors.Is(err, sql.ErrNoRows) {
+			return nil, fhir.NotFound(typ, id)
+		}
+		if err != nil {
+			return nil, s.dbErr("reading", err)
+		}
+		s.cache.fill(key, e, epoch)
+	}
+	p := acc.PatientOnly()
+	limited := p != "" && !fhir.Shared(typ)
+	if limited && !contains(e.patients, p) {
+		return nil, fhir.NotFound(typ, id)
+	}
+	if e.st.Deleted {
+		return nil, Gone(typ, id)
+	}
+	if g := acc.ReadGrant(typ); len(g.Filters) > 0 {
+		ok, err := s.matchesGrant(ctx, e.st.rid, typ, g, acc)
+		if err != nil {
+			return nil, err
+		}
+		if !ok {
+			return nil, fhir.NotFound(typ, id)
+		}
+	}
+	return e.st, nil
 }
 
 // versionVisible reports whether a version's recorded compartment includes patient.

@@ -2,6 +2,7 @@ package store
 
 import (
 	"context"
+	"database/sql"
 	"encoding/base64"
 	"encoding/json"
 	"fmt"
@@ -248,8 +249,9 @@ func (bd *builder) value(q *sqlb, i string, pt fhir.ParamType, mod string, v fhi
 	case fhir.TypeReference:
 		switch {
 		case v.RefURL != "":
-			q.w(i, ".url = ")
+			q.w("(", i, ".tid = ")
 			q.arg(v.RefURL)
+			q.w(" AND ", i, ".ttype = '')")
 		case v.RefType != "":
 			q.w("(", i, ".tid = ")
 			q.arg(v.RefID)
@@ -257,8 +259,9 @@ func (bd *builder) value(q *sqlb, i string, pt fhir.ParamType, mod string, v fhi
 			q.arg(v.RefType)
 			q.w(")")
 		default:
-			q.w(i, ".tid = ")
+			q.w("(", i, ".tid = ")
 			q.arg(v.RefID)
+			q.w(" AND ", i, ".ttype <> '')")
 		}
 	case fhir.TypeDate:
 		dateRange(q, i+".lo", i+".hi", v, negated)
@@ -665,11 +668,43 @@ func orderBy(q *sqlb, keys []sortKey, reverse bool) {
 	}
 }
 
+// impliesType reports whether a clause selects rows through an index subquery that only holds rows of the
+// searched type (its parameter id encodes the type). Leaving "r.type = ?" out then lets the database drive the
+// search from that small candidate set instead of scanning every resource of the type.
+func impliesType(c *fhir.Clause) bool {
+	if len(c.Chain) > 0 {
+		return true
+	}
+	if c.Has != nil || c.Param == nil || c.Param.Code == fhir.ParamID || c.Param.Code == fhir.ParamLastUpdated {
+		return false
+	}
+	if c.Modifier == "missing" || c.Modifier == "not" {
+		return false
+	}
+	for _, v := range c.Values {
+		if v.Prefix == "ne" {
+			return false
+		}
+	}
+	return true
+}
+
 // where writes the WHERE clause shared by the page and count queries.
 func (bd *builder) where(q *sqlb, query *fhir.Query) error {
-	q.w(" WHERE r.type = ")
-	q.arg(query.Type)
-	q.w(" AND r.deleted = 0")
+	typed := false
+	for i := range query.Clauses {
+		if impliesType(&query.Clauses[i]) {
+			typed = true
+			break
+		}
+	}
+	if typed {
+		q.w(" WHERE r.deleted = 0")
+	} else {
+		q.w(" WHERE r.type = ")
+		q.arg(query.Type)
+		q.w(" AND r.deleted = 0")
+	}
 	for i := range query.Clauses {
 		q.w(" AND ")
 		if err := bd.clause(q, "r", query.Type, &query.Clauses[i]); err != nil {
@@ -683,12 +718,27 @@ func (bd *builder) where(q *sqlb, query *fhir.Query) error {
 // Search runs a search. The caller has checked that acc may search query.Type at all; acc's compartment and
 // scope restrictions are applied inside the SQL, for the matches and for everything included.
 func (s *Store) Search(ctx context.Context, query *fhir.Query, acc *fhir.Access) (*Page, error) {
-	return s.search(ctx, s.db, query, acc)
+	return s.search(ctx, cachedDB{s}, query, acc)
 }
 
 // Search runs a search inside the transaction.
 func (t *Tx) Search(query *fhir.Query, acc *fhir.Access) (*Page, error) {
-	return t.s.search(t.ctx, t.tx, query, acc)
+	return t.s.search(t.ctx, txQuerier{t}, query, acc)
+}
+
+// txQuerier runs a transaction's queries through the statement cache.
+type txQuerier struct{ t *Tx }
+
+func (q txQuerier) ExecContext(_ context.Context, s string, args ...any) (sql.Result, error) {
+	return q.t.execContext(s, args...)
+}
+
+func (q txQuerier) QueryContext(_ context.Context, s string, args ...any) (*sql.Rows, error) {
+	return q.t.queryContext(s, args...)
+}
+
+func (q txQuerier) QueryRowContext(_ context.Context, s string, args ...any) *sql.Row {
+	return q.t.queryRow(s, args...)
 }
 
 func (s *Store) search(ctx context.Context, db querier, query *fhir.Query, acc *fhir.Access) (*Page, error) {
@@ -1000,7 +1050,7 @@ func (s *Store) scanStored(ctx context.Context, db querier, q *sqlb) ([]*Stored,
 func (t *Tx) matchAll(query *fhir.Query, acc *fhir.Access, limit int) ([]*Stored, error) {
 	cp := *query
 	cp.Count, cp.Cursor, cp.Sort, cp.Includes, cp.RevIncludes, cp.Total, cp.Summary = limit, "", nil, nil, nil, "none", ""
-	page, err := t.s.search(t.ctx, t.tx, &cp, acc)
+	page, err := t.s.search(t.ctx, txQuerier{t}, &cp, acc)
 	if err != nil {
 		return nil, err
 	}

@@ -44,7 +44,12 @@ type Config struct {
 	// SyncFull makes SQLite fsync on every commit (survives power loss, not only process crashes), at a cost in
 	// write throughput.
 	SyncFull bool
+	// CacheBytes bounds the read cache (SQLite only); 0 uses DefaultCacheBytes, a negative value disables it.
+	CacheBytes int64
 }
+
+// DefaultCacheBytes is the default read cache budget.
+const DefaultCacheBytes = 64 << 20
 
 type dialect int
 
@@ -67,6 +72,79 @@ type Store struct {
 
 	readStmt *sql.Stmt
 	readPat  *sql.Stmt
+	loadStmt *sql.Stmt
+	genStmt  *sql.Stmt
+
+	cache     *readCache
+	stopWatch context.CancelFunc
+	watchDone chan struct{}
+
+	// SQLite group commit (commit.go); nil on PostgreSQL.
+	jobs          chan *job
+	closing       chan struct{}
+	committerDone chan struct{}
+
+	// stmts caches prepared statements of searches by their SQL text: searches of one shape share a statement,
+	// so SQLite parses and plans them once.
+	stmtMu sync.Mutex
+	stmts  map[string]*sql.Stmt
+}
+
+// maxCachedStmts bounds the statement cache; past it, the cache starts over.
+const maxCachedStmts = 512
+
+// stmt returns a cached prepared statement for q (already rebound).
+func (s *Store) stmt(ctx context.Context, q string) (*sql.Stmt, error) {
+	s.stmtMu.Lock()
+	st, ok := s.stmts[q]
+	s.stmtMu.Unlock()
+	if ok {
+		return st, nil
+	}
+	st, err := s.db.PrepareContext(ctx, q)
+	if err != nil {
+		return nil, err
+	}
+	s.stmtMu.Lock()
+	defer s.stmtMu.Unlock()
+	if prev, ok := s.stmts[q]; ok {
+		st.Close()
+		return prev, nil
+	}
+	if len(s.stmts) >= maxCachedStmts {
+		for k, old := range s.stmts {
+			old.Close()
+			delete(s.stmts, k)
+		}
+	}
+	if s.stmts == nil {
+		s.stmts = map[string]*sql.Stmt{}
+	}
+	s.stmts[q] = st
+	return st, nil
+}
+
+// cachedDB runs queries through the statement cache; it satisfies querier for reads outside transactions.
+type cachedDB struct{ s *Store }
+
+func (c cachedDB) ExecContext(ctx context.Context, q string, args ...any) (sql.Result, error) {
+	return c.s.db.ExecContext(ctx, q, args...)
+}
+
+func (c cachedDB) QueryContext(ctx context.Context, q string, args ...any) (*sql.Rows, error) {
+	st, err := c.s.stmt(ctx, q)
+	if err != nil {
+		return nil, err
+	}
+	return st.QueryContext(ctx, args...)
+}
+
+func (c cachedDB) QueryRowContext(ctx context.Context, q string, args ...any) *sql.Row {
+	st, err := c.s.stmt(ctx, q)
+	if err != nil {
+		return c.s.db.QueryRowContext(ctx, q, args...)
+	}
+	return st.QueryRowContext(ctx, args...)
 }
 
 // Open opens (and creates or migrates) the store described by cfg.
@@ -151,6 +229,26 @@ func Open(ctx context.Context, cfg Config) (*Store, error) {
 		s.db.Close()
 		return nil, err
 	}
+	if s.d == dialectSQLite {
+		s.startCommitter()
+	}
+	if s.d == dialectSQLite && cfg.CacheBytes >= 0 {
+		budget := cfg.CacheBytes
+		if budget == 0 {
+			budget = DefaultCacheBytes
+		}
+		s.cache = newReadCache(budget)
+		if err := s.genStmt.QueryRowContext(ctx).Scan(&s.cache.known); err != nil {
+			s.db.Close()
+			return nil, fmt.Errorf("store: reading the write generation: %w", err)
+		}
+		wctx, cancel := context.WithCancel(context.Background())
+		s.stopWatch, s.watchDone = cancel, make(chan struct{})
+		go func() {
+			defer close(s.watchDone)
+			s.watchGeneration(wctx)
+		}()
+	}
 	return s, nil
 }
 
@@ -165,10 +263,26 @@ func redact(u string) string {
 
 // Close releases the database.
 func (s *Store) Close() error {
+	if s.jobs != nil {
+		close(s.closing)
+		<-s.committerDone
+	}
+	if s.stopWatch != nil {
+		s.stopWatch()
+		<-s.watchDone
+	}
 	if s.readStmt != nil {
 		s.readStmt.Close()
 		s.readPat.Close()
+		s.loadStmt.Close()
+		s.genStmt.Close()
 	}
+	s.stmtMu.Lock()
+	for _, st := range s.stmts {
+		st.Close()
+	}
+	s.stmts = nil
+	s.stmtMu.Unlock()
 	return s.db.Close()
 }
 
@@ -225,6 +339,19 @@ func (s *Store) prepare(ctx context.Context) error {
 	s.readPat, err = s.db.PrepareContext(ctx, s.d.rebind(`SELECT r.rid, r.version, r.updated, r.deleted, r.raw,
 		EXISTS (SELECT 1 FROM compartment c WHERE c.patient = ? AND c.rid = r.rid)
 		FROM resources r WHERE r.type = ? AND r.id = ?`))
+	if err != nil {
+		return fmt.Errorf("store: preparing statements: %w", err)
+	}
+	agg := `GROUP_CONCAT(c.patient, ' ')`
+	if s.d == dialectPostgres {
+		agg = `STRING_AGG(c.patient, ' ')`
+	}
+	s.loadStmt, err = s.db.PrepareContext(ctx, s.d.rebind(`SELECT r.rid, r.version, r.updated, r.deleted, r.raw,
+		(SELECT `+agg+` FROM compartment c WHERE c.rid = r.rid) FROM resources r WHERE r.type = ? AND r.id = ?`))
+	if err != nil {
+		return fmt.Errorf("store: preparing statements: %w", err)
+	}
+	s.genStmt, err = s.db.PrepareContext(ctx, `SELECT n FROM carta_generation WHERE id = 1`)
 	if err != nil {
 		return fmt.Errorf("store: preparing statements: %w", err)
 	}

@@ -386,3 +386,5 @@ func TestCompartmentIsolation(t *testing.T) {
 }
 
 var _ = errors.New
+
+func contextWithCancel() (context.Context, context.CancelFunc) { return context.WithCancel(ctx) }

@@ -54,14 +54,20 @@ type Tx struct {
 	now time.Time
 	// locked records the conditional-operation locks this transaction holds.
 	locked map[string]bool
+	// touched and touchedRIDs are what the read cache must forget once this transaction commits.
+	touched     []string
+	touchedRIDs []int64
 }
 
 // InTx runs fn in a database transaction, committing when it returns nil. All writes in one Tx share one
-// lastUpdated instant.
+// lastUpdated instant. fn must not call InTx itself.
+//
+// On SQLite, transactions go to one committer (see commit.go) that may run several in one database transaction,
+// each inside its own savepoint: a failing fn undoes only its own writes, and every caller returns after the
+// commit that made its writes durable.
 func (s *Store) InTx(ctx context.Context, fn func(*Tx) error) error {
-	if s.d == dialectSQLite {
-		s.writeMu.Lock()
-		defer s.writeMu.Unlock()
+	if s.jobs != nil {
+		return s.enqueue(ctx, fn)
 	}
 	tx, err := s.db.BeginTx(ctx, nil)
 	if err != nil {
@@ -76,6 +82,13 @@ func (s *Store) InTx(ctx context.Context, fn func(*Tx) error) error {
 		return s.dbErr("committing", err)
 	}
 	return nil
+}
+
+// touch records that a resource changed, for the read cache.
+func (t *Tx) touch(typ, id string) {
+	if t.s.cache != nil {
+		t.touched = append(t.touched, cacheKey(typ, id))
+	}
 }
 
 // dbErr turns a driver error into an error for callers: lock timeouts and serialization failures become 409 or
@@ -108,11 +121,45 @@ func uniqueViolation(err error) bool {
 }
 
 func (t *Tx) exec(q string, args ...any) error {
-	_, err := t.tx.ExecContext(t.ctx, t.s.d.rebind(q), args...)
+	_, err := t.execContext(t.s.d.rebind(q), args...)
 	if err != nil {
 		return t.s.dbErr("writing", err)
 	}
 	return nil
+}
+
+// Statements in a transaction go through the store's statement cache on SQLite, whose driver would otherwise parse
+// every statement anew (PostgreSQL's driver caches them itself).
+func (t *Tx) cached(q string) (*sql.Stmt, bool) {
+	if t.s.d != dialectSQLite {
+		return nil, false
+	}
+	st, err := t.s.stmt(t.ctx, q)
+	if err != nil {
+		return nil, false
+	}
+	return t.tx.StmtContext(t.ctx, st), true
+}
+
+func (t *Tx) execContext(q string, args ...any) (sql.Result, error) {
+	if st, ok := t.cached(q); ok {
+		return st.ExecContext(t.ctx, args...)
+	}
+	return t.tx.ExecContext(t.ctx, q, args...)
+}
+
+func (t *Tx) queryContext(q string, args ...any) (*sql.Rows, error) {
+	if st, ok := t.cached(q); ok {
+		return st.QueryContext(t.ctx, args...)
+	}
+	return t.tx.QueryContext(t.ctx, q, args...)
+}
+
+func (t *Tx) queryRow(q string, args ...any) *sql.Row {
+	if st, ok := t.cached(q); ok {
+		return st.QueryRowContext(t.ctx, args...)
+	}
+	return t.tx.QueryRowContext(t.ctx, q, args...)
 }
 
 // Now is the lastUpdated instant of this transaction's writes.
@@ -186,7 +233,7 @@ func (t *Tx) Create(typ string, res *fhir.Object, opt CreateOptions, acc *fhir.A
 	if err := checkWriteAccess(acc, typ, patients); err != nil {
 		return nil, err
 	}
-	row := t.tx.QueryRowContext(t.ctx, t.s.d.rebind(`INSERT INTO resources (type, id, version, updated, deleted, raw) VALUES (?, ?, 1, ?, 0, ?) RETURNING rid`),
+	row := t.queryRow(t.s.d.rebind(`INSERT INTO resources (type, id, version, updated, deleted, raw) VALUES (?, ?, 1, ?, 0, ?) RETURNING rid`),
 		typ, id, micros(t.now), st.Raw)
 	if err := row.Scan(&st.rid); err != nil {
 		if uniqueViolation(err) {
@@ -194,6 +241,7 @@ func (t *Tx) Create(typ string, res *fhir.Object, opt CreateOptions, acc *fhir.A
 		}
 		return nil, t.s.dbErr("creating", err)
 	}
+	t.touch(typ, id)
 	if err := t.writeVersion(st, patients, idx, res); err != nil {
 		return nil, err
 	}
@@ -247,7 +295,7 @@ func (t *Tx) Update(typ, id string, res *fhir.Object, opt UpdateOptions, acc *fh
 	if err := checkWriteAccess(acc, typ, patients); err != nil {
 		return nil, err
 	}
-	r, err := t.tx.ExecContext(t.ctx, t.s.d.rebind(`UPDATE resources SET version = ?, updated = ?, deleted = 0, raw = ? WHERE rid = ? AND version = ?`),
+	r, err := t.execContext(t.s.d.rebind(`UPDATE resources SET version = ?, updated = ?, deleted = 0, raw = ? WHERE rid = ? AND version = ?`),
 		st.Version, micros(t.now), st.Raw, cur.rid, cur.Version)
 	if err != nil {
 		return nil, t.s.dbErr("updating", err)
@@ -255,6 +303,7 @@ func (t *Tx) Update(typ, id string, res *fhir.Object, opt UpdateOptions, acc *fh
 	if n, _ := r.RowsAffected(); n != 1 {
 		return nil, fhir.Errorf(http.StatusConflict, fhir.IssueConflict, "%s/%s changed while it was being updated; retry", typ, id)
 	}
+	t.touch(typ, id)
 	if err := t.clearIndex(cur.rid); err != nil {
 		return nil, err
 	}
@@ -304,7 +353,7 @@ func (t *Tx) Delete(typ, id string, opt DeleteOptions, acc *fhir.Access) (*Write
 		}
 	}
 	st := &Stored{rid: cur.rid, Type: typ, ID: id, Version: cur.Version + 1, Updated: t.now, Deleted: true, Method: http.MethodDelete}
-	r, err := t.tx.ExecContext(t.ctx, t.s.d.rebind(`UPDATE resources SET version = ?, updated = ?, deleted = 1, raw = NULL WHERE rid = ? AND version = ?`),
+	r, err := t.execContext(t.s.d.rebind(`UPDATE resources SET version = ?, updated = ?, deleted = 1, raw = NULL WHERE rid = ? AND version = ?`),
 		st.Version, micros(t.now), cur.rid, cur.Version)
 	if err != nil {
 		return nil, t.s.dbErr("deleting", err)
@@ -312,6 +361,7 @@ func (t *Tx) Delete(typ, id string, opt DeleteOptions, acc *fhir.Access) (*Write
 	if n, _ := r.RowsAffected(); n != 1 {
 		return nil, fhir.Errorf(http.StatusConflict, fhir.IssueConflict, "%s/%s changed while it was being deleted; retry", typ, id)
 	}
+	t.touch(typ, id)
 	if err := t.exec(`INSERT INTO history (rid, version, type, id, updated, method, deleted, patients, raw) VALUES (?, ?, ?, ?, ?, ?, 1, ?, NULL)`,
 		cur.rid, st.Version, typ, id, micros(t.now), http.MethodDelete, joinPatients(curPatients)); err != nil {
 		return nil, err
@@ -372,7 +422,7 @@ func (t *Tx) current(typ, id string) (*Stored, []string, error) {
 	}
 	st := &Stored{Type: typ, ID: id}
 	var upd, del int64
-	err := t.tx.QueryRowContext(t.ctx, t.s.d.rebind(q), typ, id).Scan(&st.rid, &st.Version, &upd, &del, &st.Raw)
+	err := t.queryRow(t.s.d.rebind(q), typ, id).Scan(&st.rid, &st.Version, &upd, &del, &st.Raw)
 	if errors.Is(err, sql.ErrNoRows) {
 		return nil, nil, nil
 	}
@@ -383,7 +433,7 @@ func (t *Tx) current(typ, id string) (*Stored, []string, error) {
 	var patients []string
 	if st.Deleted {
 		var p string
-		err := t.tx.QueryRowContext(t.ctx, t.s.d.rebind(`SELECT patients FROM history WHERE rid = ? AND version = ?`), st.rid, st.Version).Scan(&p)
+		err := t.queryRow(t.s.d.rebind(`SELECT patients FROM history WHERE rid = ? AND version = ?`), st.rid, st.Version).Scan(&p)
 		if err != nil {
 			return nil, nil, t.s.dbErr("reading", err)
 		}
@@ -398,7 +448,7 @@ func (t *Tx) current(typ, id string) (*Stored, []string, error) {
 }
 
 func (t *Tx) compartmentOf(rid int64) ([]string, error) {
-	rows, err := t.tx.QueryContext(t.ctx, t.s.d.rebind(`SELECT DISTINCT patient FROM compartment WHERE rid = ?`), rid)
+	rows, err := t.queryContext(t.s.d.rebind(`SELECT DISTINCT patient FROM compartment WHERE rid = ?`), rid)
 	if err != nil {
 		return nil, t.s.dbErr("reading", err)
 	}
@@ -450,6 +500,7 @@ func (t *Tx) writeVersion(st *Stored, patients []string, idx *fhir.Index, res *f
 		if err != nil {
 			return err
 		}
+		t.touchedRIDs = append(t.touchedRIDs, bins...)
 		for _, b := range bins {
 			for _, p := range patients {
 				rows = append(rows, [3]any{p, b, st.rid})
@@ -465,19 +516,38 @@ func (t *Tx) writeVersion(st *Stored, patients []string, idx *fhir.Index, res *f
 
 // clearIndex removes the index and compartment rows a resource contributed.
 func (t *Tx) clearIndex(rid int64) error {
+	if t.s.cache != nil {
+		// Resources whose compartment this one extended (a DocumentReference's Binaries) change too.
+		rows, err := t.queryContext(t.s.d.rebind(`SELECT DISTINCT rid FROM compartment WHERE via = ? AND via <> rid`), rid)
+		if err != nil {
+			return t.s.dbErr("reading", err)
+		}
+		for rows.Next() {
+			var r int64
+			if err := rows.Scan(&r); err != nil {
+				rows.Close()
+				return err
+			}
+			t.touchedRIDs = append(t.touchedRIDs, r)
+		}
+		rows.Close()
+	}
 	if t.s.d == dialectPostgres {
 		return t.exec(`WITH a AS (DELETE FROM idx_string WHERE rid = ?), b AS (DELETE FROM idx_token WHERE rid = ?),
 			c AS (DELETE FROM idx_ref WHERE rid = ?), d AS (DELETE FROM idx_date WHERE rid = ?),
 			e AS (DELETE FROM idx_number WHERE rid = ?), f AS (DELETE FROM idx_quantity WHERE rid = ?),
-			g AS (DELETE FROM idx_uri WHERE rid = ?)
-			DELETE FROM compartment WHERE rid = ? OR via = ?`, rid, rid, rid, rid, rid, rid, rid, rid, rid)
+			g AS (DELETE FROM idx_uri WHERE rid = ?), h AS (DELETE FROM compartment WHERE via = ? AND via <> rid)
+			DELETE FROM compartment WHERE rid = ?`, rid, rid, rid, rid, rid, rid, rid, rid, rid)
 	}
 	for _, tbl := range []string{"idx_string", "idx_token", "idx_ref", "idx_date", "idx_number", "idx_quantity", "idx_uri"} {
 		if err := t.exec(`DELETE FROM `+tbl+` WHERE rid = ?`, rid); err != nil {
 			return err
 		}
 	}
-	return t.exec(`DELETE FROM compartment WHERE rid = ? OR via = ?`, rid, rid)
+	if err := t.exec(`DELETE FROM compartment WHERE via = ? AND via <> rid`, rid); err != nil {
+		return err
+	}
+	return t.exec(`DELETE FROM compartment WHERE rid = ?`, rid)
 }
 
 // ParamID is the stable numeric id of a search parameter of a type in the index tables.
@@ -504,9 +574,13 @@ func (t *Tx) insertIndex(rid int64, typ string, idx *fhir.Index) error {
 	}); err != nil {
 		return err
 	}
-	if err := t.insertRows("idx_ref", "rid, pid, ttype, tid, tversion, url", 6, func(add func(...any)) {
+	if err := t.insertRows("idx_ref", "rid, pid, ttype, tid, tversion", 5, func(add func(...any)) {
 		for _, e := range idx.Refs {
-			add(rid, ParamID(typ, e.Param), e.Type, e.ID, e.Version, e.URL)
+			if e.Type == "" {
+				add(rid, ParamID(typ, e.Param), "", e.URL, "")
+			} else {
+				add(rid, ParamID(typ, e.Param), e.Type, e.ID, e.Version)
+			}
 		}
 	}); err != nil {
 		return err
@@ -630,7 +704,7 @@ func (t *Tx) patientsOf(typ, id string, res *fhir.Object, idx *fhir.Index) ([]st
 }
 
 func (t *Tx) patientsOfResource(typ, id string) ([]string, error) {
-	rows, err := t.tx.QueryContext(t.ctx, t.s.d.rebind(`SELECT DISTINCT c.patient FROM compartment c JOIN resources x ON x.rid = c.rid WHERE x.type = ? AND x.id = ?`), typ, id)
+	rows, err := t.queryContext(t.s.d.rebind(`SELECT DISTINCT c.patient FROM compartment c JOIN resources x ON x.rid = c.rid WHERE x.type = ? AND x.id = ?`), typ, id)
 	if err != nil {
 		return nil, t.s.dbErr("reading", err)
 	}
@@ -653,14 +727,14 @@ func (t *Tx) binariesReferenced(idx *fhir.Index) ([]int64, error) {
 		if u.Param != "location" {
 			continue
 		}
-		if typ, id, ok := t.s.indexer.LocalReference(u.URI); ok && typ == "Binary" {
+		if typ, id, ok := t.s.indexer.LocalReference(u.URI); ok && typ == "Binary" && !contains(ids, id) {
 			ids = append(ids, id)
 		}
 	}
 	var out []int64
 	for _, id := range ids {
 		var rid int64
-		err := t.tx.QueryRowContext(t.ctx, t.s.d.rebind(`SELECT rid FROM resources WHERE type = 'Binary' AND id = ?`), id).Scan(&rid)
+		err := t.queryRow(t.s.d.rebind(`SELECT rid FROM resources WHERE type = 'Binary' AND id = ?`), id).Scan(&rid)
 		if errors.Is(err, sql.ErrNoRows) {
 			continue
 		}
@@ -679,7 +753,7 @@ func (t *Tx) documentsReferencing(id string) (map[int64][]string, error) {
 	if t.s.indexer.Base != "" {
 		urls = append(urls, t.s.indexer.Base+"/Binary/"+id)
 	}
-	rows, err := t.tx.QueryContext(t.ctx, t.s.d.rebind(`SELECT c.via, c.patient FROM compartment c
+	rows, err := t.queryContext(t.s.d.rebind(`SELECT c.via, c.patient FROM compartment c
 		WHERE c.via = c.rid AND c.rid IN (SELECT u.rid FROM idx_uri u WHERE u.pid = ? AND u.uri IN (?, ?))`), pid, urls[0], urls[len(urls)-1])
 	if err != nil {
 		return nil, t.s.dbErr("reading", err)

@@ -185,7 +185,7 @@ func importFile(ctx context.Context, h http.Handler, tok, path string) (int, err
 			for i, e := range list {
 				eo, _ := e.(*fhir.Object)
 				if eo == nil || eo.Object("resource") == nil {
-					return 0, fmt.Errorf("Bundle.entry[%d] has no resource", i)
+					return 0, fmt.Errorf("entry %d of the collection Bundle has no resource", i)
 				}
 				entries = append(entries, entryFor(eo.Object("resource"), eo.String("fullUrl")))
 			}

@@ -122,7 +122,7 @@ func serve(ctx context.Context, args []string, getenv func(string) string, stdou
 		rdb = redis.NewClient(opt)
 		defer rdb.Close()
 		if err := rdb.Ping(ctx).Err(); err != nil {
-			return fmt.Errorf("Redis at %s does not answer: %w", opt.Addr, err)
+			return fmt.Errorf("the Redis server at %s does not answer: %w", opt.Addr, err)
 		}
 	}
 	revocations, err := store.NewRevocations(ctx, st, rdb)

