@@ -302,7 +302,11 @@ func (s *Server) transaction(ctx context.Context, entries []*bentry, p *auth.Pri
 		}
 	}
 	acc := p.Access()
-	return s.store.InTx(ctx, func(tx *store.Tx) error {
+	inTx := s.store.InTx
+	if len(entries) > 20 {
+		inTx = s.store.InTxLarge
+	}
+	return inTx(ctx, func(tx *store.Tx) error {
 		// 1. Decide the id of every created resource, so references between entries can be rewritten.
 		refs := map[string]string{}
 		for _, e := range entries {

@@ -2,11 +2,13 @@ package store
 
 import (
 	"context"
+	"encoding/binary"
 	"hash/fnv"
 	"strings"
 	"sync"
-	"sync/atomic"
 	"time"
+
+	"github.com/VictoriaMetrics/fastcache"
 )
 
 // The read cache keeps current versions of resources in memory for Read, on SQLite, where a server process is
@@ -33,18 +35,22 @@ const (
 type entry struct {
 	st       *Stored
 	patients []string // for a deleted resource: the patients of its deletion record
-	size     int64
 }
 
+// maxCachedValue bounds what one entry may take; bigger resources (large inline attachments) are read from the
+// database each time.
+const maxCachedValue = 60 << 10
+
+// readCache stores entries in fastcache, whose memory is allocated in large chunks the garbage collector never
+// scans: a cache of 100,000 resources costs the collector nothing.
 type readCache struct {
-	max int64
+	fc *fastcache.Cache
 
-	mu    sync.RWMutex
-	m     map[string]*entry
-	byRID map[int64]string
-	size  int64
-
-	epochs [cacheStripes]atomic.Uint64
+	// Each stripe's lock makes "check the epoch, then store" atomic with "move the epoch, then delete".
+	stripes [cacheStripes]struct {
+		mu    sync.Mutex
+		epoch uint64
+	}
 
 	// known is the generation counter value whose effects this process knows about.
 	genMu sync.Mutex
@@ -52,7 +58,7 @@ type readCache struct {
 }
 
 func newReadCache(maxBytes int64) *readCache {
-	return &readCache{max: maxBytes, m: map[string]*entry{}, byRID: map[int64]string{}}
+	return &readCache{fc: fastcache.New(int(maxBytes))}
 }
 
 func cacheKey(typ, id string) string { return typ + "/" + id }
@@ -63,76 +69,98 @@ func stripe(key string) int {
 	return int(h.Sum32() % cacheStripes)
 }
 
-func (c *readCache) get(key string) (*entry, bool) {
-	c.mu.RLock()
-	e, ok := c.m[key]
-	c.mu.RUnlock()
-	return e, ok
+// encode lays an entry out as rid, version, updated (8 bytes each), deleted (1), patients length (2), patients,
+// raw.
+func encode(e *entry) []byte {
+	p := strings.Join(e.patients, " ")
+	b := make([]byte, 0, 27+len(p)+len(e.st.Raw))
+	b = binary.LittleEndian.AppendUint64(b, uint64(e.st.rid))
+	b = binary.LittleEndian.AppendUint64(b, uint64(e.st.Version))
+	b = binary.LittleEndian.AppendUint64(b, uint64(micros(e.st.Updated)))
+	if e.st.Deleted {
+		b = append(b, 1)
+	} else {
+		b = append(b, 0)
+	}
+	b = binary.LittleEndian.AppendUint16(b, uint16(len(p)))
+	b = append(b, p...)
+	return append(b, e.st.Raw...)
+}
+
+func decode(typ, id string, b []byte) (*entry, bool) {
+	if len(b) < 27 {
+		return nil, false
+	}
+	st := &Stored{Type: typ, ID: id,
+		rid:     int64(binary.LittleEndian.Uint64(b)),
+		Version: int64(binary.LittleEndian.Uint64(b[8:])),
+		Updated: fromMicros(int64(binary.LittleEndian.Uint64(b[16:]))),
+		Deleted: b[24] == 1,
+	}
+	n := int(binary.LittleEndian.Uint16(b[25:]))
+	if len(b) < 27+n {
+		return nil, false
+	}
+	e := &entry{st: st, patients: splitSpaces(string(b[27 : 27+n]))}
+	if raw := b[27+n:]; len(raw) > 0 {
+		st.Raw = raw
+	}
+	return e, true
+}
+
+func (c *readCache) get(typ, id string) (*entry, bool) {
+	b, ok := c.fc.HasGet(nil, []byte(cacheKey(typ, id)))
+	if !ok {
+		return nil, false
+	}
+	return decode(typ, id, b)
 }
 
 // epoch returns the stripe epoch of key, taken before reading the database for a fill.
-func (c *readCache) epoch(key string) uint64 { return c.epochs[stripe(key)].Load() }
+func (c *readCache) epoch(key string) uint64 {
+	st := &c.stripes[stripe(key)]
+	st.mu.Lock()
+	defer st.mu.Unlock()
+	return st.epoch
+}
 
 // fill stores e unless key was invalidated since epoch was taken.
 func (c *readCache) fill(key string, e *entry, epoch uint64) {
-	e.size = int64(len(e.st.Raw) + len(key) + 128)
-	if e.size > c.max/16 {
+	v := encode(e)
+	if len(v)+len(key) > maxCachedValue {
 		return
 	}
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	if c.epochs[stripe(key)].Load() != epoch {
-		return
-	}
-	if old, ok := c.m[key]; ok {
-		c.size -= old.size
-	}
-	c.m[key] = e
-	c.byRID[e.st.rid] = key
-	c.size += e.size
-	// Evict arbitrary entries (map order is random) until within budget.
-	for k, v := range c.m {
-		if c.size <= c.max {
-			break
-		}
-		if k == key {
-			continue
-		}
-		delete(c.m, k)
-		delete(c.byRID, v.st.rid)
-		c.size -= v.size
+	st := &c.stripes[stripe(key)]
+	st.mu.Lock()
+	defer st.mu.Unlock()
+	if st.epoch == epoch {
+		c.fc.Set([]byte(key), v)
 	}
 }
 
-// invalidate drops the entries of resources (by rid) and keys, moving their stripes' epochs.
-func (c *readCache) invalidate(keys []string, rids []int64) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	for _, rid := range rids {
-		if k, ok := c.byRID[rid]; ok {
-			keys = append(keys, k)
-		}
-	}
+// invalidate drops the entries of keys, moving their stripes' epochs.
+func (c *readCache) invalidate(keys []string) {
 	for _, k := range keys {
-		c.epochs[stripe(k)].Add(1)
-		if e, ok := c.m[k]; ok {
-			delete(c.m, k)
-			delete(c.byRID, e.st.rid)
-			c.size -= e.size
-		}
+		st := &c.stripes[stripe(k)]
+		st.mu.Lock()
+		st.epoch++
+		c.fc.Del([]byte(k))
+		st.mu.Unlock()
 	}
 }
 
 // flush empties the cache.
 func (c *readCache) flush() {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	for i := range c.epochs {
-		c.epochs[i].Add(1)
+	for i := range c.stripes {
+		c.stripes[i].mu.Lock()
 	}
-	c.m = map[string]*entry{}
-	c.byRID = map[int64]string{}
-	c.size = 0
+	for i := range c.stripes {
+		c.stripes[i].epoch++
+	}
+	c.fc.Reset()
+	for i := range c.stripes {
+		c.stripes[i].mu.Unlock()
+	}
 }
 
 // committed records the generation a write transaction of this process produced; a gap means another process

@@ -23,6 +23,8 @@ type job struct {
 	ctx  context.Context
 	fn   func(*Tx) error
 	done chan error
+	// solo jobs are committed in a batch of their own.
+	solo bool
 }
 
 var errClosed = errors.New("store: closed")
@@ -34,8 +36,8 @@ func (s *Store) startCommitter() {
 	go s.committer()
 }
 
-func (s *Store) enqueue(ctx context.Context, fn func(*Tx) error) error {
-	j := &job{ctx: ctx, fn: fn, done: make(chan error, 1)}
+func (s *Store) enqueue(ctx context.Context, fn func(*Tx) error, solo bool) error {
+	j := &job{ctx: ctx, fn: fn, done: make(chan error, 1), solo: solo}
 	select {
 	case s.jobs <- j:
 	case <-ctx.Done():
@@ -48,10 +50,21 @@ func (s *Store) enqueue(ctx context.Context, fn func(*Tx) error) error {
 
 func (s *Store) committer() {
 	defer close(s.committerDone)
+	var pending *job // a solo job met while filling a batch, kept for the next one
 	for {
-		select {
-		case j := <-s.jobs:
-			batch := []*job{j}
+		var first *job
+		if pending != nil {
+			first, pending = pending, nil
+		} else {
+			select {
+			case first = <-s.jobs:
+			case <-s.closing:
+				s.drainClosed()
+				return
+			}
+		}
+		batch := []*job{first}
+		if !first.solo {
 			// Let writers that are already running reach the queue first: on a busy server this fills the
 			// batch; on an idle one it costs a scheduler round.
 			runtime.Gosched()
@@ -59,21 +72,27 @@ func (s *Store) committer() {
 			for len(batch) < maxBatch {
 				select {
 				case j := <-s.jobs:
+					if j.solo {
+						pending = j
+						break drain
+					}
 					batch = append(batch, j)
 				default:
 					break drain
 				}
 			}
-			s.runBatch(batch)
-		case <-s.closing:
-			for {
-				select {
-				case j := <-s.jobs:
-					j.done <- errClosed
-				default:
-					return
-				}
-			}
+		}
+		s.runBatch(batch)
+	}
+}
+
+func (s *Store) drainClosed() {
+	for {
+		select {
+		case j := <-s.jobs:
+			j.done <- errClosed
+		default:
+			return
 		}
 	}
 }
@@ -109,14 +128,30 @@ func (s *Store) runBatch(batch []*job) {
 			results[i] = err
 			continue
 		}
-		if _, err := tx.ExecContext(ctx, `SAVEPOINT w`); err != nil {
-			results[i] = s.dbErr("starting a write", err)
-			continue
+		// A job alone in its batch needs no savepoint: if it fails, the whole transaction goes. (A savepoint
+		// would make SQLite keep a statement journal that costs time in proportion to everything the job wrote
+		// so far, at every statement.)
+		shared := len(batch) > 1
+		if shared {
+			if _, err := tx.ExecContext(ctx, `SAVEPOINT w`); err != nil {
+				results[i] = s.dbErr("starting a write", err)
+				continue
+			}
 		}
 		// Statements run without the request's cancellation: interrupting SQLite mid-statement would roll back
 		// the whole shared transaction.
 		t := &Tx{s: s, tx: tx, ctx: context.WithoutCancel(j.ctx), now: s.now().UTC().Truncate(time.Millisecond)}
 		err := runJob(t, j.fn)
+		if !shared {
+			if err != nil {
+				tx.Rollback()
+				results[i] = err
+				s.answer(batch, results)
+				return
+			}
+			done = append(done, t)
+			continue
+		}
 		if err != nil {
 			if _, rerr := tx.ExecContext(ctx, `ROLLBACK TO w`); rerr != nil {
 				// The transaction is unusable: undo everything.
@@ -165,12 +200,10 @@ func (s *Store) runBatch(batch []*job) {
 	}
 	if s.cache != nil {
 		var keys []string
-		var rids []int64
 		for _, t := range done {
 			keys = append(keys, t.touched...)
-			rids = append(rids, t.touchedRIDs...)
 		}
-		s.cache.invalidate(keys, rids)
+		s.cache.invalidate(keys)
 		s.cache.committed(gen)
 	}
 	s.answer(batch, results)

@@ -72,7 +72,7 @@ func (s *Store) Read(ctx context.Context, typ, id string, acc *fhir.Access) (*St
 
 func (s *Store) readCached(ctx context.Context, typ, id string, acc *fhir.Access) (*Stored, error) {
 	key := cacheKey(typ, id)
-	e, ok := s.cache.get(key)
+	e, ok := s.cache.get(typ, id)
 	if !ok {
 		epoch := s.cache.epoch(key)
 		var err error

@@ -48,8 +48,8 @@ type Config struct {
 	CacheBytes int64
 }
 
-// DefaultCacheBytes is the default read cache budget.
-const DefaultCacheBytes = 64 << 20
+// DefaultCacheBytes is the default read cache budget: 100,000 typical resources.
+const DefaultCacheBytes = 96 << 20
 
 type dialect int
 
@@ -191,7 +191,7 @@ func Open(ctx context.Context, cfg Config) (*Store, error) {
 		}
 		dsn := "file:" + filepath.Join(cfg.DataDir, "carta.db") +
 			"?_pragma=busy_timeout(10000)&_pragma=journal_mode(WAL)&_pragma=synchronous(" + sync + ")" +
-			"&_pragma=cache_size(-16000)&_pragma=temp_store(MEMORY)&_txlock=immediate"
+			"&_pragma=cache_size(-8000)&_pragma=temp_store(MEMORY)&_txlock=immediate"
 		sqlDB, err := sql.Open("sqlite", dsn)
 		if err != nil {
 			return nil, fmt.Errorf("store: opening SQLite: %w", err)

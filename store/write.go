@@ -54,9 +54,8 @@ type Tx struct {
 	now time.Time
 	// locked records the conditional-operation locks this transaction holds.
 	locked map[string]bool
-	// touched and touchedRIDs are what the read cache must forget once this transaction commits.
-	touched     []string
-	touchedRIDs []int64
+	// touched is what the read cache must forget once this transaction commits.
+	touched []string
 }
 
 // InTx runs fn in a database transaction, committing when it returns nil. All writes in one Tx share one
@@ -66,8 +65,18 @@ type Tx struct {
 // each inside its own savepoint: a failing fn undoes only its own writes, and every caller returns after the
 // commit that made its writes durable.
 func (s *Store) InTx(ctx context.Context, fn func(*Tx) error) error {
+	return s.inTx(ctx, fn, false)
+}
+
+// InTxLarge is InTx for a transaction that may write a lot (a transaction Bundle): on SQLite it is committed on
+// its own rather than sharing a commit with other writes.
+func (s *Store) InTxLarge(ctx context.Context, fn func(*Tx) error) error {
+	return s.inTx(ctx, fn, true)
+}
+
+func (s *Store) inTx(ctx context.Context, fn func(*Tx) error, large bool) error {
 	if s.jobs != nil {
-		return s.enqueue(ctx, fn)
+		return s.enqueue(ctx, fn, large)
 	}
 	tx, err := s.db.BeginTx(ctx, nil)
 	if err != nil {
@@ -496,11 +505,13 @@ func (t *Tx) writeVersion(st *Stored, patients []string, idx *fhir.Index, res *f
 		}
 	}
 	if st.Type == "DocumentReference" && len(patients) > 0 {
-		bins, err := t.binariesReferenced(idx)
+		bins, binIDs, err := t.binariesReferenced(idx)
 		if err != nil {
 			return err
 		}
-		t.touchedRIDs = append(t.touchedRIDs, bins...)
+		for _, id := range binIDs {
+			t.touch("Binary", id)
+		}
 		for _, b := range bins {
 			for _, p := range patients {
 				rows = append(rows, [3]any{p, b, st.rid})
@@ -518,17 +529,18 @@ func (t *Tx) writeVersion(st *Stored, patients []string, idx *fhir.Index, res *f
 func (t *Tx) clearIndex(rid int64) error {
 	if t.s.cache != nil {
 		// Resources whose compartment this one extended (a DocumentReference's Binaries) change too.
-		rows, err := t.queryContext(t.s.d.rebind(`SELECT DISTINCT rid FROM compartment WHERE via = ? AND via <> rid`), rid)
+		rows, err := t.queryContext(t.s.d.rebind(`SELECT DISTINCT r.type, r.id FROM compartment c JOIN resources r ON r.rid = c.rid
+			WHERE c.via = ? AND c.via <> c.rid`), rid)
 		if err != nil {
 			return t.s.dbErr("reading", err)
 		}
 		for rows.Next() {
-			var r int64
-			if err := rows.Scan(&r); err != nil {
+			var typ, id string
+			if err := rows.Scan(&typ, &id); err != nil {
 				rows.Close()
 				return err
 			}
-			t.touchedRIDs = append(t.touchedRIDs, r)
+			t.touch(typ, id)
 		}
 		rows.Close()
 	}
@@ -720,8 +732,8 @@ func (t *Tx) patientsOfResource(typ, id string) ([]string, error) {
 	return out, rows.Err()
 }
 
-// binariesReferenced returns the rids of local Binaries a DocumentReference's attachments point at.
-func (t *Tx) binariesReferenced(idx *fhir.Index) ([]int64, error) {
+// binariesReferenced returns the rids and ids of local Binaries a DocumentReference's attachments point at.
+func (t *Tx) binariesReferenced(idx *fhir.Index) ([]int64, []string, error) {
 	var ids []string
 	for _, u := range idx.URIs {
 		if u.Param != "location" {
@@ -732,6 +744,7 @@ func (t *Tx) binariesReferenced(idx *fhir.Index) ([]int64, error) {
 		}
 	}
 	var out []int64
+	var found []string
 	for _, id := range ids {
 		var rid int64
 		err := t.queryRow(t.s.d.rebind(`SELECT rid FROM resources WHERE type = 'Binary' AND id = ?`), id).Scan(&rid)
@@ -739,11 +752,12 @@ func (t *Tx) binariesReferenced(idx *fhir.Index) ([]int64, error) {
 			continue
 		}
 		if err != nil {
-			return nil, t.s.dbErr("reading", err)
+			return nil, nil, t.s.dbErr("reading", err)
 		}
 		out = append(out, rid)
+		found = append(found, id)
 	}
-	return out, nil
+	return out, found, nil
 }
 
 // documentsReferencing returns, for each DocumentReference whose attachment points at Binary/id, its patients.

@@ -6,7 +6,9 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"os"
 	"runtime/debug"
+	"runtime/pprof"
 	"strings"
 )
 
@@ -51,6 +53,13 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 	if len(args) == 0 {
 		fmt.Fprint(stderr, usage)
 		return 2
+	}
+	if path := getenv("CARTA_CPUPROFILE"); path != "" {
+		// For diagnosing a slow command: CARTA_CPUPROFILE=cpu.out carta import ...; go tool pprof cpu.out
+		f, err := os.Create(path)
+		if err == nil && pprof.StartCPUProfile(f) == nil {
+			defer func() { pprof.StopCPUProfile(); f.Close() }()
+		}
 	}
 	var err error
 	switch args[0] {
