@@ -312,5 +312,3 @@ func TestTwoReplicasShareOnePostgres(t *testing.T) {
 		t.Fatalf("conditional creates across replicas: created %d, search %d %s", created, s, body)
 	}
 }
-
-
