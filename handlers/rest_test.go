@@ -3,6 +3,7 @@ package handlers_test
 import (
 	"encoding/json"
 	"fmt"
+	"log/slog"
 	"net/http"
 	"net/http/httptest"
 	"os"
@@ -14,6 +15,7 @@ import (
 	"github.com/carta-fhir/carta/auth"
 	"github.com/carta-fhir/carta/fhir"
 	"github.com/carta-fhir/carta/handlers"
+	"github.com/carta-fhir/carta/store/storetest"
 )
 
 // examplesLeftOut names the official examples the round-trip test skips, and why. It is empty: every R4 example in
@@ -309,3 +311,31 @@ func newServer(t *testing.T, h http.Handler) *httptest.Server {
 }
 
 func jsonUnmarshal(b []byte, v any) error { return json.Unmarshal(b, v) }
+
+// TestPanicBecomesOperationOutcome: a fault inside a handler answers 500 with an OperationOutcome, and the server
+// keeps serving.
+func TestPanicBecomesOperationOutcome(t *testing.T) {
+	e := newEnv(t, storetest.Backends(t)[0])
+	var logs strings.Builder
+	broken, err := handlers.New(handlers.Config{Store: nil, Keys: e.keys, BaseURL: e.srv.URL, Logger: slog.New(slog.NewJSONHandler(&logs, nil)),
+		Verifier: &auth.Verifier{Keys: e.keys, Issuer: e.srv.URL, Audience: e.base}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := newServer(t, broken)
+	b := *e
+	b.srv, b.base = srv, srv.URL+"/fhir"
+	r := b.do("GET", "/Patient/x", e.system(), "")
+	if r.status != 500 {
+		t.Fatalf("status %d: %s", r.status, r.body)
+	}
+	if d, _ := outcome(t, r); strings.Contains(d, "nil pointer") || !strings.Contains(d, "internal server error") {
+		t.Errorf("500 leaks or lacks a message: %q", d)
+	}
+	if !strings.Contains(logs.String(), `"msg":"panic"`) || !strings.Contains(logs.String(), "stack") {
+		t.Errorf("panic not logged: %s", logs.String())
+	}
+	if r := b.do("GET", "/metadata", "", ""); r.status != 200 {
+		t.Errorf("server stopped serving after a panic: %d", r.status)
+	}
+}

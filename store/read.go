@@ -118,6 +118,10 @@ func (s *Store) versionVisible(ctx context.Context, rid, version int64, patient 
 
 // matchesGrant reports whether the current version of a resource satisfies a scope's filters.
 func (s *Store) matchesGrant(ctx context.Context, rid int64, typ string, g fhir.Grant, acc *fhir.Access) (bool, error) {
+	return s.matchesGrantQ(ctx, s.db, rid, typ, g, acc)
+}
+
+func (s *Store) matchesGrantQ(ctx context.Context, db querier, rid int64, typ string, g fhir.Grant, acc *fhir.Access) (bool, error) {
 	bd := &builder{s: s, acc: acc}
 	q := &sqlb{}
 	q.w("SELECT COUNT(*) FROM resources r WHERE r.rid = ")
@@ -126,7 +130,7 @@ func (s *Store) matchesGrant(ctx context.Context, rid int64, typ string, g fhir.
 		return false, err
 	}
 	var n int
-	if err := s.db.QueryRowContext(ctx, s.d.rebind(q.b.String()), q.args...).Scan(&n); err != nil {
+	if err := db.QueryRowContext(ctx, s.d.rebind(q.b.String()), q.args...).Scan(&n); err != nil {
 		return false, s.dbErr("reading", err)
 	}
 	return n > 0, nil
@@ -134,13 +138,22 @@ func (s *Store) matchesGrant(ctx context.Context, rid int64, typ string, g fhir.
 
 // VRead returns one version of a resource. A deleted version gives 410; an unknown version 404.
 func (s *Store) VRead(ctx context.Context, typ, id string, version int64, acc *fhir.Access) (*Stored, error) {
+	return s.vread(ctx, s.db, typ, id, version, acc)
+}
+
+// VRead returns one version of a resource inside the transaction.
+func (t *Tx) VRead(typ, id string, version int64, acc *fhir.Access) (*Stored, error) {
+	return t.s.vread(t.ctx, txQuerier{t}, typ, id, version, acc)
+}
+
+func (s *Store) vread(ctx context.Context, db querier, typ, id string, version int64, acc *fhir.Access) (*Stored, error) {
 	if !acc.Visible(typ) {
 		return nil, fhir.NotFound(typ, id)
 	}
 	st := &Stored{Type: typ, ID: id, Version: version}
 	var upd, del int64
 	var patients string
-	err := s.db.QueryRowContext(ctx, s.d.rebind(`SELECT h.rid, h.updated, h.deleted, h.method, h.patients, h.raw FROM history h
+	err := db.QueryRowContext(ctx, s.d.rebind(`SELECT h.rid, h.updated, h.deleted, h.method, h.patients, h.raw FROM history h
 		JOIN resources r ON r.rid = h.rid WHERE r.type = ? AND r.id = ? AND h.version = ?`), typ, id, version).
 		Scan(&st.rid, &upd, &del, &st.Method, &patients, &st.Raw)
 	if errors.Is(err, sql.ErrNoRows) {
@@ -149,7 +162,7 @@ func (s *Store) VRead(ctx context.Context, typ, id string, version int64, acc *f
 	if err != nil {
 		return nil, s.dbErr("reading", err)
 	}
-	if ok, err := s.historyVisible(ctx, st.rid, typ, patients, acc); err != nil || !ok {
+	if ok, err := s.historyVisible(ctx, db, st.rid, typ, patients, acc); err != nil || !ok {
 		if err != nil {
 			return nil, err
 		}
@@ -164,14 +177,14 @@ func (s *Store) VRead(ctx context.Context, typ, id string, version int64, acc *f
 
 // historyVisible decides whether a patient-limited caller may see a history row: shared types always, Binary by
 // its current compartment, others by the compartment recorded with that version.
-func (s *Store) historyVisible(ctx context.Context, rid int64, typ, patients string, acc *fhir.Access) (bool, error) {
+func (s *Store) historyVisible(ctx context.Context, db querier, rid int64, typ, patients string, acc *fhir.Access) (bool, error) {
 	p := acc.PatientOnly()
 	if p == "" || fhir.Shared(typ) {
 		return true, nil
 	}
 	if typ == "Binary" {
 		var n int
-		err := s.db.QueryRowContext(ctx, s.d.rebind(`SELECT COUNT(*) FROM compartment WHERE rid = ? AND patient = ?`), rid, p).Scan(&n)
+		err := db.QueryRowContext(ctx, s.d.rebind(`SELECT COUNT(*) FROM compartment WHERE rid = ? AND patient = ?`), rid, p).Scan(&n)
 		if err != nil {
 			return false, s.dbErr("reading", err)
 		}
@@ -316,7 +329,7 @@ func (s *Store) History(ctx context.Context, typ, id string, opt HistoryOptions,
 	}
 	for _, g := range got {
 		if g.st.Type == "Binary" {
-			ok, err := s.historyVisible(ctx, g.st.rid, g.st.Type, g.patients, acc)
+			ok, err := s.historyVisible(ctx, s.db, g.st.rid, g.st.Type, g.patients, acc)
 			if err != nil {
 				return nil, err
 			}
@@ -382,6 +395,15 @@ func (t *Tx) Read(typ, id string, acc *fhir.Access) (*Stored, error) {
 	}
 	if cur.Deleted {
 		return nil, Gone(typ, id)
+	}
+	if g := acc.ReadGrant(typ); len(g.Filters) > 0 {
+		ok, err := t.s.matchesGrantQ(t.ctx, txQuerier{t}, cur.rid, typ, g, acc)
+		if err != nil {
+			return nil, err
+		}
+		if !ok {
+			return nil, fhir.NotFound(typ, id)
+		}
 	}
 	return cur, nil
 }

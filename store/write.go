@@ -242,16 +242,30 @@ func (t *Tx) Create(typ string, res *fhir.Object, opt CreateOptions, acc *fhir.A
 	if err := checkWriteAccess(acc, typ, patients); err != nil {
 		return nil, err
 	}
-	row := t.queryRow(t.s.d.rebind(`INSERT INTO resources (type, id, version, updated, deleted, raw) VALUES (?, ?, 1, ?, 0, ?) RETURNING rid`),
-		typ, id, micros(t.now), st.Raw)
-	if err := row.Scan(&st.rid); err != nil {
+	var rows batchInsert
+	if t.s.d == dialectPostgres {
+		// The row goes in the same statement as everything else the version writes (one round trip).
+		rid, err := t.s.allocRID(t)
+		if err != nil {
+			return nil, err
+		}
+		st.rid = rid
+		rows.add("resources", "rid, type, id, version, updated, deleted, raw", rid, typ, id, 1, micros(t.now), 0, st.Raw)
+	} else {
+		row := t.queryRow(`INSERT INTO resources (type, id, version, updated, deleted, raw) VALUES (?, ?, 1, ?, 0, ?) RETURNING rid`,
+			typ, id, micros(t.now), st.Raw)
+		if err := row.Scan(&st.rid); err != nil {
+			if uniqueViolation(err) {
+				return nil, fhir.Errorf(http.StatusConflict, fhir.IssueDuplicate, "%s/%s already exists", typ, id)
+			}
+			return nil, t.s.dbErr("creating", err)
+		}
+	}
+	t.touch(typ, id)
+	if err := t.writeVersion(st, patients, idx, &rows); err != nil {
 		if uniqueViolation(err) {
 			return nil, fhir.Errorf(http.StatusConflict, fhir.IssueDuplicate, "%s/%s already exists", typ, id)
 		}
-		return nil, t.s.dbErr("creating", err)
-	}
-	t.touch(typ, id)
-	if err := t.writeVersion(st, patients, idx, res); err != nil {
 		return nil, err
 	}
 	return &WriteResult{Stored: st, Created: true}, nil
@@ -316,7 +330,7 @@ func (t *Tx) Update(typ, id string, res *fhir.Object, opt UpdateOptions, acc *fh
 	if err := t.clearIndex(cur.rid); err != nil {
 		return nil, err
 	}
-	if err := t.writeVersion(st, patients, idx, res); err != nil {
+	if err := t.writeVersion(st, patients, idx, &batchInsert{}); err != nil {
 		return nil, err
 	}
 	return &WriteResult{Stored: st, Created: cur.Deleted}, nil
@@ -474,7 +488,7 @@ func (t *Tx) compartmentOf(rid int64) ([]string, error) {
 }
 
 // writeVersion writes the history row, index rows and compartment rows of a new version.
-func (t *Tx) writeVersion(st *Stored, patients []string, idx *fhir.Index, res *fhir.Object) error {
+func (t *Tx) writeVersion(st *Stored, patients []string, idx *fhir.Index, rows *batchInsert) error {
 	histPatients := patients
 	// A Binary is in the compartments of the DocumentReferences that point at it.
 	var docPatients map[int64][]string
@@ -488,20 +502,16 @@ func (t *Tx) writeVersion(st *Stored, patients []string, idx *fhir.Index, res *f
 			histPatients = union(histPatients, ps)
 		}
 	}
-	if err := t.exec(`INSERT INTO history (rid, version, type, id, updated, method, deleted, patients, raw) VALUES (?, ?, ?, ?, ?, ?, 0, ?, ?)`,
-		st.rid, st.Version, st.Type, st.ID, micros(st.Updated), st.Method, joinPatients(histPatients), st.Raw); err != nil {
-		return err
-	}
-	if err := t.insertIndex(st.rid, st.Type, idx); err != nil {
-		return err
-	}
-	var rows [][3]any
+	rows.add("history", "rid, version, type, id, updated, method, deleted, patients, raw",
+		st.rid, st.Version, st.Type, st.ID, micros(st.Updated), st.Method, 0, joinPatients(histPatients), st.Raw)
+	indexRows(rows, st.rid, st.Type, idx)
+	const compCols = "patient, rid, via"
 	for _, p := range patients {
-		rows = append(rows, [3]any{p, st.rid, st.rid})
+		rows.add("compartment", compCols, p, st.rid, st.rid)
 	}
 	for doc, ps := range docPatients {
 		for _, p := range ps {
-			rows = append(rows, [3]any{p, st.rid, doc})
+			rows.add("compartment", compCols, p, st.rid, doc)
 		}
 	}
 	if st.Type == "DocumentReference" && len(patients) > 0 {
@@ -514,15 +524,11 @@ func (t *Tx) writeVersion(st *Stored, patients []string, idx *fhir.Index, res *f
 		}
 		for _, b := range bins {
 			for _, p := range patients {
-				rows = append(rows, [3]any{p, b, st.rid})
+				rows.add("compartment", compCols, p, b, st.rid)
 			}
 		}
 	}
-	return t.insertRows("compartment", "patient, rid, via", 3, func(add func(...any)) {
-		for _, r := range rows {
-			add(r[0], r[1], r[2])
-		}
-	})
+	return t.writeRows(rows)
 }
 
 // clearIndex removes the index and compartment rows a resource contributed.
@@ -571,101 +577,126 @@ func ParamID(typ, code string) int64 {
 	return int64(h.Sum32())
 }
 
-func (t *Tx) insertIndex(rid int64, typ string, idx *fhir.Index) error {
-	if err := t.insertRows("idx_string", "rid, pid, norm, exact", 4, func(add func(...any)) {
-		for _, e := range idx.Strings {
-			add(rid, ParamID(typ, e.Param), e.Norm, e.Exact)
-		}
-	}); err != nil {
-		return err
+// indexRows adds a resource's index entries to rows.
+func indexRows(rows *batchInsert, rid int64, typ string, idx *fhir.Index) {
+	for _, e := range idx.Strings {
+		rows.add("idx_string", "rid, pid, norm, exact", rid, ParamID(typ, e.Param), e.Norm, e.Exact)
 	}
-	if err := t.insertRows("idx_token", "rid, pid, system, code, text", 5, func(add func(...any)) {
-		for _, e := range idx.Tokens {
-			add(rid, ParamID(typ, e.Param), e.System, e.Code, e.Text)
-		}
-	}); err != nil {
-		return err
+	for _, e := range idx.Tokens {
+		rows.add("idx_token", "rid, pid, system, code, text", rid, ParamID(typ, e.Param), e.System, e.Code, e.Text)
 	}
-	if err := t.insertRows("idx_ref", "rid, pid, ttype, tid, tversion", 5, func(add func(...any)) {
-		for _, e := range idx.Refs {
-			if e.Type == "" {
-				add(rid, ParamID(typ, e.Param), "", e.URL, "")
-			} else {
-				add(rid, ParamID(typ, e.Param), e.Type, e.ID, e.Version)
-			}
+	for _, e := range idx.Refs {
+		if e.Type == "" {
+			rows.add("idx_ref", "rid, pid, ttype, tid, tversion", rid, ParamID(typ, e.Param), "", e.URL, "")
+		} else {
+			rows.add("idx_ref", "rid, pid, ttype, tid, tversion", rid, ParamID(typ, e.Param), e.Type, e.ID, e.Version)
 		}
-	}); err != nil {
-		return err
 	}
-	if err := t.insertRows("idx_date", "rid, pid, lo, hi", 4, func(add func(...any)) {
-		for _, e := range idx.Dates {
-			add(rid, ParamID(typ, e.Param), e.Lo, e.Hi)
-		}
-	}); err != nil {
-		return err
+	for _, e := range idx.Dates {
+		rows.add("idx_date", "rid, pid, lo, hi", rid, ParamID(typ, e.Param), e.Lo, e.Hi)
 	}
-	if err := t.insertRows("idx_number", "rid, pid, value", 3, func(add func(...any)) {
-		for _, e := range idx.Numbers {
-			add(rid, ParamID(typ, e.Param), e.Value)
-		}
-	}); err != nil {
-		return err
+	for _, e := range idx.Numbers {
+		rows.add("idx_number", "rid, pid, value", rid, ParamID(typ, e.Param), e.Value)
 	}
-	if err := t.insertRows("idx_quantity", "rid, pid, system, code, unit, value", 6, func(add func(...any)) {
-		for _, e := range idx.Quantities {
-			add(rid, ParamID(typ, e.Param), e.System, e.Code, e.Unit, e.Value)
-		}
-	}); err != nil {
-		return err
+	for _, e := range idx.Quantities {
+		rows.add("idx_quantity", "rid, pid, system, code, unit, value", rid, ParamID(typ, e.Param), e.System, e.Code, e.Unit, e.Value)
 	}
-	return t.insertRows("idx_uri", "rid, pid, uri", 3, func(add func(...any)) {
-		for _, e := range idx.URIs {
-			add(rid, ParamID(typ, e.Param), e.URI)
-		}
-	})
+	for _, e := range idx.URIs {
+		rows.add("idx_uri", "rid, pid, uri", rid, ParamID(typ, e.Param), e.URI)
+	}
 }
 
-// insertRows writes rows with multi-row INSERTs of at most 400 rows each.
-func (t *Tx) insertRows(table, cols string, width int, fill func(add func(...any))) error {
-	const batch = 400
-	var args []any
-	n := 0
-	flush := func() error {
-		if n == 0 {
-			return nil
+// batchInsert gathers the rows a write makes, table by table, so they can be written with few statements.
+type batchInsert struct {
+	parts []*insertPart
+}
+
+type insertPart struct {
+	table, cols string
+	width, n    int
+	args        []any
+}
+
+func (b *batchInsert) add(table, cols string, vals ...any) {
+	var p *insertPart
+	for _, q := range b.parts {
+		if q.table == table {
+			p = q
+			break
 		}
-		var b strings.Builder
-		b.WriteString("INSERT INTO ")
-		b.WriteString(table)
-		b.WriteString(" (")
-		b.WriteString(cols)
-		b.WriteString(") VALUES ")
-		row := "(" + strings.Repeat("?, ", width-1) + "?)"
-		for i := 0; i < n; i++ {
-			if i > 0 {
-				b.WriteString(", ")
+	}
+	if p == nil {
+		p = &insertPart{table: table, cols: cols, width: len(vals)}
+		b.parts = append(b.parts, p)
+	}
+	p.args = append(p.args, vals...)
+	p.n++
+}
+
+func (p *insertPart) sql(b *strings.Builder, from, to int) {
+	b.WriteString("INSERT INTO ")
+	b.WriteString(p.table)
+	b.WriteString(" (")
+	b.WriteString(p.cols)
+	b.WriteString(") VALUES ")
+	row := "(" + strings.Repeat("?, ", p.width-1) + "?)"
+	for i := from; i < to; i++ {
+		if i > from {
+			b.WriteString(", ")
+		}
+		b.WriteString(row)
+	}
+}
+
+// maxPGParams keeps one PostgreSQL statement well under the protocol's 65,535 parameters.
+const maxPGParams = 30000
+
+// writeRows writes gathered rows. On PostgreSQL they go in one statement (data-modifying WITH clauses, one round
+// trip) when they fit; on SQLite, where statements cost no round trip, each table gets multi-row INSERTs of at
+// most 400 rows through cached statements.
+func (t *Tx) writeRows(rows *batchInsert) error {
+	if len(rows.parts) == 0 {
+		return nil
+	}
+	if t.s.d == dialectPostgres {
+		total := 0
+		for _, p := range rows.parts {
+			total += len(p.args)
+		}
+		if total <= maxPGParams {
+			var b strings.Builder
+			args := make([]any, 0, total)
+			last := len(rows.parts) - 1
+			for i, p := range rows.parts {
+				if i < last {
+					if i == 0 {
+						b.WriteString("WITH ")
+					} else {
+						b.WriteString(", ")
+					}
+					fmt.Fprintf(&b, "w%d AS (", i)
+					p.sql(&b, 0, p.n)
+					b.WriteString(") ")
+				} else {
+					p.sql(&b, 0, p.n)
+				}
+				args = append(args, p.args...)
 			}
-			b.WriteString(row)
+			return t.exec(b.String(), args...)
 		}
-		err := t.exec(b.String(), args...)
-		args, n = args[:0], 0
-		return err
 	}
-	var ferr error
-	fill(func(vals ...any) {
-		if ferr != nil {
-			return
+	const batch = 400
+	for _, p := range rows.parts {
+		for from := 0; from < p.n; from += batch {
+			to := min(from+batch, p.n)
+			var b strings.Builder
+			p.sql(&b, from, to)
+			if err := t.exec(b.String(), p.args[from*p.width:to*p.width]...); err != nil {
+				return err
+			}
 		}
-		args = append(args, vals...)
-		n++
-		if n == batch {
-			ferr = flush()
-		}
-	})
-	if ferr != nil {
-		return ferr
 	}
-	return flush()
+	return nil
 }
 
 // patientsOf computes the patients whose compartment a resource version belongs to (see fhir.CompartmentParams).

@@ -196,7 +196,29 @@ func importFile(ctx context.Context, h http.Handler, tok, path string) (int, err
 			return postBundle(ctx, h, tok, b)
 		}
 	}
-	return postBundle(ctx, h, tok, transactionOf([]any{entryFor(o, "")}))
+	return putResource(ctx, h, tok, o)
+}
+
+// putResource stores one resource by itself, so that errors name its own elements (Patient.gender).
+func putResource(ctx context.Context, h http.Handler, tok string, o *fhir.Object) (int, error) {
+	typ, id := o.String("resourceType"), o.String("id")
+	if !fhir.R4().IsResourceType(typ) {
+		return 0, fmt.Errorf("resourceType %q is not an R4 resource type", typ)
+	}
+	method, path := http.MethodPost, "/fhir/"+typ
+	if id != "" {
+		method, path = http.MethodPut, "/fhir/"+typ+"/"+id
+	}
+	req := httptest.NewRequestWithContext(ctx, method, path, bytes.NewReader(fhir.AppendJSON(nil, o)))
+	req.Header.Set("Content-Type", "application/fhir+json")
+	req.Header.Set("Authorization", "Bearer "+tok)
+	req.Header.Set("Prefer", "return=minimal")
+	rec := httptest.NewRecorder()
+	h.ServeHTTP(rec, req)
+	if rec.Code != http.StatusOK && rec.Code != http.StatusCreated {
+		return 0, fmt.Errorf("%d %s", rec.Code, outcomeText(rec.Body.Bytes()))
+	}
+	return 1, nil
 }
 
 // entryFor makes a transaction entry that stores res under its own id (PUT) or a new one (POST).

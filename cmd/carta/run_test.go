@@ -10,6 +10,7 @@ import (
 	"net/http"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"regexp"
 	"strings"
 	"sync"
@@ -147,6 +148,37 @@ func TestReadmeFlow(t *testing.T) {
 	if s != 200 || !strings.Contains(body, `"total":1`) {
 		t.Fatalf("patient sees %s", body)
 	}
+	// A representative's token is for the patient their RelatedPerson record names.
+	if s, body := send(t, "PUT", base+"/RelatedPerson/rep", tok, `{"resourceType":"RelatedPerson","id":"rep","patient":{"reference":"Patient/`+id+`"}}`); s != 201 {
+		t.Fatalf("RelatedPerson: %d %s", s, body)
+	}
+	rtok, errOut, code := runCmd(t, "token", "--data", data, "--user", "RelatedPerson/rep", "--scope", "patient/*.rs")
+	if code != 0 {
+		t.Fatalf("RelatedPerson token: %s", errOut)
+	}
+	if s, _ := get(t, base+"/Patient/"+id, rtok); s != 200 {
+		t.Errorf("representative reading the patient: %d", s)
+	}
+	if s, body := get(t, base+"/Patient?_summary=count", rtok); s != 200 || !strings.Contains(body, `"total":1`) {
+		t.Errorf("representative sees %s", body)
+	}
+	if _, errOut, code := runCmd(t, "token", "--data", data, "--user", "RelatedPerson/nobody", "--scope", "patient/*.rs"); code != 1 || !strings.Contains(errOut, "not known") {
+		t.Errorf("token for a missing RelatedPerson: %d %s", code, errOut)
+	}
+	// Import reports a file it cannot load, loads the others, and exits 1.
+	dir := t.TempDir()
+	os.WriteFile(filepath.Join(dir, "a-bad.json"), []byte(`{"resourceType":"Patient","gender":"M"}`), 0o644)
+	os.WriteFile(filepath.Join(dir, "b-good.json"), []byte(`{"resourceType":"Patient","id":"imported","name":[{"family":"Imported"}]}`), 0o644)
+	os.WriteFile(filepath.Join(dir, "c-resources.ndjson"), []byte("{\"resourceType\":\"Patient\",\"id\":\"nd1\"}\n{\"resourceType\":\"Patient\",\"id\":\"nd2\"}\n"), 0o644)
+	out, errOut, code = runCmd(t, "import", "--data", data, dir)
+	if code != 1 || !strings.Contains(errOut, "a-bad.json: 400") || !strings.Contains(errOut, "Patient.gender") || !strings.Contains(out, "imported 2 of 3 files") {
+		t.Errorf("import with a bad file: %d\n%s\n%s", code, out, errOut)
+	}
+	for _, p := range []string{"imported", "nd1", "nd2"} {
+		if s, _ := get(t, base+"/Patient/"+p, tok); s != 200 {
+			t.Errorf("Patient/%s not imported: %d", p, s)
+		}
+	}
 	// Usage errors exit 2.
 	if _, _, code := runCmd(t, "token", "--data", data, "--patient", id, "--scope", "system/*.rs"); code != 2 {
 		t.Errorf("mismatched scope: exit %d", code)
@@ -242,6 +274,16 @@ func TestAcknowledgedWritesSurviveKill9(t *testing.T) {
 			}
 			c.cmd.Wait()
 			c2 := startChild(t, env, args...)
+			defer func() {
+				// A clean stop: SIGTERM finishes and exits 0.
+				c2.cmd.Process.Signal(syscall.SIGTERM)
+				if err := c2.cmd.Wait(); err != nil {
+					t.Errorf("carta did not stop cleanly on SIGTERM: %v\n%s", err, c2.logs)
+				}
+				if !strings.Contains(c2.logs.String(), `"msg":"stopped"`) {
+					t.Errorf("no stop log: %s", c2.logs)
+				}
+			}()
 			for i, id := range ids {
 				s, body := get(t, c2.base+"/Patient/"+id, tok)
 				want := fmt.Sprintf("Kill%d", i)

@@ -104,12 +104,16 @@ func run(carta string, patients int, duration time.Duration, conns int, dbURL, d
 		return fmt.Errorf("import: %w", err)
 	}
 	loadTime := time.Since(start)
-	tokOut, err := exec.Command(carta, "token", "--data", data, "--system", "--scope", "system/*.cruds").Output()
+	tokCmd := exec.Command(carta, "token", "--data", data, "--system", "--scope", "system/*.cruds")
+	tokCmd.Env = env
+	tokOut, err := tokCmd.Output()
 	if err != nil {
 		return fmt.Errorf("token: %w", err)
 	}
 	tok := strings.TrimSpace(string(tokOut))
-	ptokOut, err := exec.Command(carta, "token", "--data", data, "--patient", "bench-000042", "--scope", "patient/*.rs").Output()
+	ptokCmd := exec.Command(carta, "token", "--data", data, "--patient", "bench-000042", "--scope", "patient/*.rs")
+	ptokCmd.Env = env
+	ptokOut, err := ptokCmd.Output()
 	if err != nil {
 		return fmt.Errorf("token: %w", err)
 	}
