@@ -132,6 +132,8 @@ func TestSearchOverHTTP(t *testing.T) {
 			{"Patient", "identifier=urn:mrn|A1", []string{"Patient/" + pid}},
 			{"Observation", "patient=" + pid + "&category=laboratory", []string{"Observation/" + ids["Observation"]}},
 			{"Observation", "subject=Patient/" + pid + "&code=http://loinc.org|8867-4", []string{"Observation/" + ids["Observation2"]}},
+			{"Observation", "subject=" + e.base + "/Patient/" + pid + "&code=8867-4", []string{"Observation/" + ids["Observation2"]}},
+			{"Observation", "subject=" + pid + "&code=8867-4", []string{"Observation/" + ids["Observation2"]}},
 			{"Observation", "code:text=gluc", []string{"Observation/" + ids["Observation"]}},
 			{"Observation", "value-quantity=gt70", []string{"Observation/" + ids["Observation2"]}},
 			{"Observation", "value-quantity=5.4|http://unitsofmeasure.org|mmol/L", []string{"Observation/" + ids["Observation"]}},

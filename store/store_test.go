@@ -8,6 +8,7 @@ import (
 	"strings"
 	"sync"
 	"testing"
+	"time"
 
 	"github.com/carta-fhir/carta/fhir"
 	"github.com/carta-fhir/carta/store"
@@ -29,7 +30,7 @@ func query(t *testing.T, typ, qs string) *fhir.Query {
 	if err != nil {
 		t.Fatal(err)
 	}
-	q, err := fhir.ParseQuery(typ, v, fhir.QueryOptions{})
+	q, err := fhir.ParseQuery(typ, v, fhir.QueryOptions{Now: time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)})
 	if err != nil {
 		t.Fatalf("query %s?%s: %v", typ, qs, err)
 	}
@@ -177,6 +178,14 @@ func TestSearchAndPaging(t *testing.T) {
 			{"gender:not=female", 13},
 			{"identifier=urn:s|v3", 1},
 			{"identifier=v3,v4", 2},
+			{"identifier=|v3", 0},
+			{"identifier=urn:s|", 25},
+			{"identifier=urn:other|", 0},
+			{"birthdate=gt1973-12-31", 1},
+			{"birthdate=le1950-06-15", 1},
+			{"birthdate=sa1973", 1},
+			{"birthdate=eb1951", 1},
+			{"birthdate=ap1960-06-15", 13},
 			{"birthdate=1960", 1},
 			{"birthdate=ge1970-01-01", 5},
 			{"birthdate=lt1952", 2},
