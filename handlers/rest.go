@@ -132,20 +132,28 @@ func (s *Server) parseConditional(typ, raw, what string) (*fhir.Query, error) {
 	return q, nil
 }
 
+// writeInput authorizes a write of typ and reads the resource it carries: the scope must allow perm, the body
+// must be a valid resource, and a restricted scope must cover it.
+func (s *Server) writeInput(c *gin.Context, typ string, perm byte) (*auth.Principal, fhir.Grant, *fhir.Object, error) {
+	p := principal(c)
+	g, err := p.Require(typ, perm)
+	if err != nil {
+		return nil, g, nil, err
+	}
+	res, err := s.parseBodyResource(c, typ)
+	if err != nil {
+		return nil, g, nil, err
+	}
+	if err := s.checkWriteScope(typ, g, res); err != nil {
+		return nil, g, nil, err
+	}
+	return p, g, res, nil
+}
+
 func (s *Server) create(typ string) gin.HandlerFunc {
 	return func(c *gin.Context) {
-		p := principal(c)
-		g, err := p.Require(typ, auth.PermCreate)
+		p, _, res, err := s.writeInput(c, typ, auth.PermCreate)
 		if err != nil {
-			s.fail(c, err)
-			return
-		}
-		res, err := s.parseBodyResource(c, typ)
-		if err != nil {
-			s.fail(c, err)
-			return
-		}
-		if err := s.checkWriteScope(typ, g, res); err != nil {
 			s.fail(c, err)
 			return
 		}
@@ -184,18 +192,12 @@ func ifMatch(c *gin.Context) (string, error) {
 
 func (s *Server) update(typ string) gin.HandlerFunc {
 	return func(c *gin.Context) {
-		p := principal(c)
-		g, err := p.Require(typ, auth.PermUpdate)
-		if err != nil {
-			s.fail(c, err)
-			return
-		}
 		id := c.Param("id")
 		if !fhir.ValidID(id) {
 			s.fail(c, fhir.Errorf(http.StatusBadRequest, fhir.IssueInvalid, "%q is not a valid resource id (1-64 of A-Z a-z 0-9 - .)", id))
 			return
 		}
-		res, err := s.parseBodyResource(c, typ)
+		p, g, res, err := s.writeInput(c, typ, auth.PermUpdate)
 		if err != nil {
 			s.fail(c, err)
 			return
@@ -206,10 +208,6 @@ func (s *Server) update(typ string) gin.HandlerFunc {
 			} else {
 				s.fail(c, fhir.At(http.StatusBadRequest, fhir.IssueInvalid, typ+".id", "the resource's id %q differs from the id in the URL %q", bid, id))
 			}
-			return
-		}
-		if err := s.checkWriteScope(typ, g, res); err != nil {
-			s.fail(c, err)
 			return
 		}
 		im, err := ifMatch(c)
@@ -239,23 +237,13 @@ func (s *Server) answerUpdate(c *gin.Context, w *store.WriteResult) {
 
 func (s *Server) conditionalUpdate(typ string) gin.HandlerFunc {
 	return func(c *gin.Context) {
-		p := principal(c)
-		g, err := p.Require(typ, auth.PermUpdate)
-		if err != nil {
-			s.fail(c, err)
-			return
-		}
 		q, err := s.parseConditional(typ, c.Request.URL.RawQuery, "a conditional update URL")
 		if err != nil {
 			s.fail(c, err)
 			return
 		}
-		res, err := s.parseBodyResource(c, typ)
+		p, g, res, err := s.writeInput(c, typ, auth.PermUpdate)
 		if err != nil {
-			s.fail(c, err)
-			return
-		}
-		if err := s.checkWriteScope(typ, g, res); err != nil {
 			s.fail(c, err)
 			return
 		}

@@ -471,18 +471,23 @@ func (t *Tx) current(typ, id string) (*Stored, []string, error) {
 }
 
 func (t *Tx) compartmentOf(rid int64) ([]string, error) {
-	rows, err := t.queryContext(t.s.d.rebind(`SELECT DISTINCT patient FROM compartment WHERE rid = ?`), rid)
+	return t.strings(`SELECT DISTINCT patient FROM compartment WHERE rid = ?`, rid)
+}
+
+// strings runs a query of one text column and returns its values.
+func (t *Tx) strings(q string, args ...any) ([]string, error) {
+	rows, err := t.queryContext(t.s.d.rebind(q), args...)
 	if err != nil {
 		return nil, t.s.dbErr("reading", err)
 	}
 	defer rows.Close()
 	var out []string
 	for rows.Next() {
-		var p string
-		if err := rows.Scan(&p); err != nil {
+		var v string
+		if err := rows.Scan(&v); err != nil {
 			return nil, err
 		}
-		out = append(out, p)
+		out = append(out, v)
 	}
 	return out, rows.Err()
 }
@@ -747,20 +752,7 @@ func (t *Tx) patientsOf(typ, id string, res *fhir.Object, idx *fhir.Index) ([]st
 }
 
 func (t *Tx) patientsOfResource(typ, id string) ([]string, error) {
-	rows, err := t.queryContext(t.s.d.rebind(`SELECT DISTINCT c.patient FROM compartment c JOIN resources x ON x.rid = c.rid WHERE x.type = ? AND x.id = ?`), typ, id)
-	if err != nil {
-		return nil, t.s.dbErr("reading", err)
-	}
-	defer rows.Close()
-	var out []string
-	for rows.Next() {
-		var p string
-		if err := rows.Scan(&p); err != nil {
-			return nil, err
-		}
-		out = append(out, p)
-	}
-	return out, rows.Err()
+	return t.strings(`SELECT DISTINCT c.patient FROM compartment c JOIN resources x ON x.rid = c.rid WHERE x.type = ? AND x.id = ?`, typ, id)
 }
 
 // binariesReferenced returns the rids and ids of local Binaries a DocumentReference's attachments point at.

@@ -36,25 +36,17 @@ func importCmd(ctx context.Context, args []string, getenv func(string) string, s
 	if err != nil {
 		return err
 	}
-	st, err := openStore(ctx, *data, getenv)
+	srv, err := openServer(ctx, *data, getenv)
 	if err != nil {
 		return err
 	}
-	defer st.Close()
-	issuer, fhirBase, err := serverIdentity(ctx, st)
+	defer srv.store.Close()
+	h, err := handlers.New(handlers.Config{Store: srv.store, Keys: srv.keys, BaseURL: srv.issuer, Version: carta(),
+		Verifier: &auth.Verifier{Keys: srv.keys, Issuer: srv.issuer, Audience: srv.fhirBase}})
 	if err != nil {
 		return err
 	}
-	keys, err := auth.LoadKeys(ctx, st)
-	if err != nil {
-		return err
-	}
-	h, err := handlers.New(handlers.Config{Store: st, Keys: keys, BaseURL: issuer, Version: carta(),
-		Verifier: &auth.Verifier{Keys: keys, Issuer: issuer, Audience: fhirBase}})
-	if err != nil {
-		return err
-	}
-	minter := &auth.Issuer{Keys: keys, Issuer: issuer, Audience: fhirBase}
+	minter := &auth.Issuer{Keys: srv.keys, Issuer: srv.issuer, Audience: srv.fhirBase}
 	var loaded, failedFiles, resources int
 	start := time.Now()
 	progress := func() {

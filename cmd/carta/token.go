@@ -18,6 +18,32 @@ func openStore(ctx context.Context, data string, getenv func(string) string) (*s
 	return store.Open(ctx, store.Config{DataDir: data, DatabaseURL: getenv("CARTA_DATABASE_URL")})
 }
 
+// serverState is what the operator commands share with a server: its store, keys, issuer and FHIR base.
+type serverState struct {
+	store            *store.Store
+	keys             *auth.Keys
+	issuer, fhirBase string
+}
+
+// openServer opens the store `carta serve` uses and reads the identity it recorded. The caller closes the store.
+func openServer(ctx context.Context, data string, getenv func(string) string) (*serverState, error) {
+	st, err := openStore(ctx, data, getenv)
+	if err != nil {
+		return nil, err
+	}
+	issuer, fhirBase, err := serverIdentity(ctx, st)
+	if err != nil {
+		st.Close()
+		return nil, err
+	}
+	keys, err := auth.LoadKeys(ctx, st)
+	if err != nil {
+		st.Close()
+		return nil, err
+	}
+	return &serverState{store: st, keys: keys, issuer: issuer, fhirBase: fhirBase}, nil
+}
+
 // serverIdentity reads the issuer and FHIR base that `carta serve` recorded.
 func serverIdentity(ctx context.Context, st *store.Store) (issuer, fhirBase string, err error) {
 	issuer, ok1 := st.Setting(ctx, store.SettingIssuer)
@@ -96,15 +122,12 @@ func token(ctx context.Context, args []string, getenv func(string) string, stdou
 			return usageErr("scope %s does not fit a token for %s", s, g.Subject)
 		}
 	}
-	st, err := openStore(ctx, *data, getenv)
+	srv, err := openServer(ctx, *data, getenv)
 	if err != nil {
 		return err
 	}
-	defer st.Close()
-	issuer, fhirBase, err := serverIdentity(ctx, st)
-	if err != nil {
-		return err
-	}
+	defer srv.store.Close()
+	st := srv.store
 	if typ, id, _, _ := fhir.SplitReference(*user); typ == "RelatedPerson" {
 		// A representative acts for the patient their RelatedPerson record names.
 		rp, err := st.Read(ctx, "RelatedPerson", id, nil)
@@ -121,11 +144,7 @@ func token(ctx context.Context, args []string, getenv func(string) string, stdou
 		}
 		g.Patient = pid
 	}
-	keys, err := auth.LoadKeys(ctx, st)
-	if err != nil {
-		return err
-	}
-	tok, _, err := (&auth.Issuer{Keys: keys, Issuer: issuer, Audience: fhirBase}).Mint(g)
+	tok, _, err := (&auth.Issuer{Keys: srv.keys, Issuer: srv.issuer, Audience: srv.fhirBase}).Mint(g)
 	if err != nil {
 		return err
 	}
