@@ -85,6 +85,21 @@ var migrations = []migration{
 		`CREATE TABLE carta_generation (id {int} PRIMARY KEY, n {int} NOT NULL)`,
 		`INSERT INTO carta_generation (id, n) VALUES (1, 0)`,
 	}},
+	{4, "SMART authorization: clients, users, refresh tokens, issued tokens, launches", []string{
+		`CREATE TABLE clients (id {text} PRIMARY KEY, name {text} NOT NULL, kind {text} NOT NULL, secret_hash {text} NOT NULL DEFAULT '',
+			redirect_uris {text} NOT NULL DEFAULT '', launch_uri {text} NOT NULL DEFAULT '', scopes {text} NOT NULL DEFAULT '',
+			jwks {text} NOT NULL DEFAULT '', jwks_url {text} NOT NULL DEFAULT '', created {int} NOT NULL, disabled {int} NOT NULL DEFAULT 0)`,
+		`CREATE TABLE users (username {text} PRIMARY KEY, password_hash {text} NOT NULL, fhir_user {text} NOT NULL,
+			created {int} NOT NULL, disabled {int} NOT NULL DEFAULT 0)`,
+		`CREATE TABLE refresh_tokens (hash {text} PRIMARY KEY, family {text} NOT NULL, client_id {text} NOT NULL, subject {text} NOT NULL,
+			fhir_user {text} NOT NULL DEFAULT '', patient {text} NOT NULL DEFAULT '', scope {text} NOT NULL, expires {int} NOT NULL,
+			created {int} NOT NULL, used {int} NOT NULL DEFAULT 0, revoked {int} NOT NULL DEFAULT 0)`,
+		`CREATE INDEX refresh_tokens_family ON refresh_tokens (family)`,
+		`CREATE TABLE issued_tokens (jti {text} PRIMARY KEY, family {text} NOT NULL, expires {int} NOT NULL)`,
+		`CREATE INDEX issued_tokens_family ON issued_tokens (family)`,
+		`CREATE TABLE launches (id {text} PRIMARY KEY, client_id {text} NOT NULL, patient {text} NOT NULL DEFAULT '',
+			encounter {text} NOT NULL DEFAULT '', fhir_user {text} NOT NULL DEFAULT '', expires {int} NOT NULL)`,
+	}},
 }
 
 // SchemaVersion is the schema version this build writes.
