@@ -26,6 +26,8 @@ type Config struct {
 	Store    *store.Store
 	Verifier *auth.Verifier
 	Keys     *auth.Keys
+	// Auth, when set, is the SMART authorization server served under /auth (with its discovery documents).
+	Auth *auth.Server
 	// BaseURL is the server's public URL without a trailing slash; the FHIR base is BaseURL + "/fhir".
 	BaseURL string
 	Logger  *slog.Logger
@@ -41,6 +43,7 @@ type Server struct {
 	store    *store.Store
 	verifier *auth.Verifier
 	keys     *auth.Keys
+	auth     *auth.Server
 	base     string // FHIR base URL
 	log      *slog.Logger
 	maxBody  int64
@@ -54,7 +57,7 @@ type Server struct {
 // New builds the HTTP handler.
 func New(cfg Config) (http.Handler, error) {
 	s := &Server{
-		store: cfg.Store, verifier: cfg.Verifier, keys: cfg.Keys, base: strings.TrimSuffix(cfg.BaseURL, "/") + "/fhir",
+		store: cfg.Store, verifier: cfg.Verifier, keys: cfg.Keys, auth: cfg.Auth, base: strings.TrimSuffix(cfg.BaseURL, "/") + "/fhir",
 		log: cfg.Logger, maxBody: cfg.MaxBody, loc: cfg.Loc, version: cfg.Version,
 	}
 	if s.log == nil {
@@ -69,6 +72,7 @@ func New(cfg Config) (http.Handler, error) {
 	capb, err := fhir.CapabilityStatement(fhir.Capabilities{
 		Base: s.base, Software: "Carta", Version: cfg.Version, Date: time.Now(),
 		Description: "FHIR R4 server for patient access and patient rights (45 CFR 164.524, 164.526)",
+		Security:    s.security(),
 	})
 	if err != nil {
 		return nil, fmt.Errorf("handlers: building the CapabilityStatement: %w", err)

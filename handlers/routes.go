@@ -15,6 +15,9 @@ func (s *Server) routes(r *gin.Engine) {
 	r.GET("/.well-known/jwks.json", s.jwks)
 	r.GET("/fhir/.well-known/jwks.json", s.jwks)
 
+	if s.auth != nil {
+		s.authRoutes(r)
+	}
 	r.GET("/fhir/metadata", s.negotiate, s.metadata)
 	r.HEAD("/fhir/metadata", s.negotiate, s.metadata)
 

@@ -2,6 +2,7 @@ package store
 
 import (
 	"context"
+	"strconv"
 	"sync"
 	"time"
 
@@ -105,6 +106,7 @@ func (m *MemoryState) Incr(_ context.Context, key string, ttl time.Duration) (in
 		it = stateItem{expires: m.now().Add(ttl)}
 	}
 	it.n++
+	it.val = []byte(strconv.FormatInt(it.n, 10)) // Get reads a counter as Redis does
 	m.items[key] = it
 	return it.n, nil
 }

@@ -39,6 +39,11 @@ Usage:
   carta token   (--patient ID | --user Practitioner/ID | --user RelatedPerson/ID | --system) --scope "SCOPES" [--ttl 1h]
                                                                                mint an access token
   carta import  [--data DIR] FILE|DIR...                                       load Bundles and resources
+  carta clients add --id ID --kind public|confidential|backend [--redirect-uri URI]... [--scope S] [--jwks FILE|--jwks-url URL]
+  carta clients list | remove --id ID                                          manage SMART apps and backend services
+  carta users add --username U --password P|- (--patient ID|--practitioner ID|--related-person ID)
+  carta users list | passwd --username U --password P|- | disable --username U  manage logins
+  carta launch --client ID --patient ID [--user Practitioner/ID]               print an EHR launch URL
   carta version                                                                print the version
 
 Environment: CARTA_ADDR, CARTA_DATA_DIR, CARTA_DATABASE_URL (postgres://...), CARTA_REDIS_URL, CARTA_BASE_URL,
@@ -49,7 +54,7 @@ CARTA_LOG_LEVEL (debug, info, warn, error). Flags win over the environment.
 var errUsage = errors.New("usage")
 
 // run is the whole program: main only adds signals and the exit.
-func run(ctx context.Context, args []string, getenv func(string) string, stdout, stderr io.Writer) int {
+func run(ctx context.Context, args []string, getenv func(string) string, stdin io.Reader, stdout, stderr io.Writer) int {
 	if len(args) == 0 {
 		fmt.Fprint(stderr, usage)
 		return 2
@@ -69,6 +74,12 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 		err = token(ctx, args[1:], getenv, stdout, stderr)
 	case "import":
 		err = importCmd(ctx, args[1:], getenv, stdout, stderr)
+	case "clients":
+		err = clientsCmd(ctx, args[1:], getenv, stdin, stdout, stderr)
+	case "users":
+		err = usersCmd(ctx, args[1:], getenv, stdin, stdout, stderr)
+	case "launch":
+		err = launchCmd(ctx, args[1:], getenv, stdout, stderr)
 	case "version", "--version", "-v":
 		fmt.Fprintln(stdout, "carta", carta())
 		return 0

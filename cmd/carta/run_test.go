@@ -41,7 +41,7 @@ func startInProcess(t *testing.T, args ...string) (string, func() int) {
 	pr, pw := io.Pipe()
 	done := make(chan int, 1)
 	go func() {
-		done <- run(ctx, append([]string{"serve", "--addr", "127.0.0.1:0"}, args...), os.Getenv, io.Discard, pw)
+		done <- run(ctx, append([]string{"serve", "--addr", "127.0.0.1:0"}, args...), os.Getenv, strings.NewReader(""), io.Discard, pw)
 		pw.Close()
 	}()
 	base := make(chan string, 1)
@@ -67,7 +67,7 @@ func startInProcess(t *testing.T, args ...string) (string, func() int) {
 func runCmd(t *testing.T, args ...string) (string, string, int) {
 	t.Helper()
 	var out, errb bytes.Buffer
-	code := run(context.Background(), args, os.Getenv, &out, &errb)
+	code := run(context.Background(), args, os.Getenv, strings.NewReader(""), &out, &errb)
 	return strings.TrimSpace(out.String()), errb.String(), code
 }
 

@@ -133,9 +133,15 @@ func serve(ctx context.Context, args []string, getenv func(string) string, stdou
 	defer stopBG()
 	go revocations.Run(bg, 2*time.Second)
 
+	var state auth.State = store.NewMemoryState()
+	if rdb != nil {
+		state = store.NewRedisState(rdb)
+	}
+	issuer := &auth.Issuer{Keys: keys, Issuer: base, Audience: fhirBase}
 	h, err := handlers.New(handlers.Config{
 		Store: st, Keys: keys, BaseURL: base, Logger: log, MaxBody: cfg.maxBody, Loc: cfg.loc, Version: carta(),
 		Verifier: &auth.Verifier{Keys: keys, Issuer: base, Audience: fhirBase, Revoked: revocations},
+		Auth:     &auth.Server{Store: st, State: state, Issuer: issuer, Revocations: revocations, BaseURL: base},
 	})
 	if err != nil {
 		return err
