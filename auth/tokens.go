@@ -383,28 +383,17 @@ func (s *Server) tokenFromRefresh(ctx context.Context, form url.Values, cred Cli
 	if rt == "" {
 		return nil, oauthErr(http.StatusBadRequest, "invalid_request", "refresh_token is required")
 	}
-	stored, err := s.Store.UseRefreshToken(ctx, hashToken(rt))
+	hash := hashToken(rt)
+	stored, err := s.Store.RefreshTokenByHash(ctx, hash)
 	if errors.Is(err, store.ErrNotFound) {
 		return nil, oauthErr(http.StatusBadRequest, "invalid_grant", "the refresh token is unknown")
 	}
 	if err != nil {
 		return nil, err
 	}
+	// Checks that do not show the token leaked come first and leave it usable.
 	if stored.ClientID != c.ID {
 		return nil, oauthErr(http.StatusBadRequest, "invalid_grant", "the refresh token was issued to another client")
-	}
-	if stored.Used != 0 {
-		// Reuse means the token leaked: end the whole grant.
-		if err := s.revokeFamily(ctx, stored.Family); err != nil {
-			return nil, err
-		}
-		return nil, oauthErr(http.StatusBadRequest, "invalid_grant", "the refresh token was already used; every token of this grant is now revoked")
-	}
-	if stored.Revoked != 0 {
-		return nil, oauthErr(http.StatusBadRequest, "invalid_grant", "the refresh token was revoked")
-	}
-	if s.now().Unix() > stored.Expires {
-		return nil, oauthErr(http.StatusBadRequest, "invalid_grant", "the refresh token has expired")
 	}
 	scope := stored.Scope
 	if asked := form.Get("scope"); asked != "" {
@@ -415,6 +404,23 @@ func (s *Server) tokenFromRefresh(ctx context.Context, form url.Values, cred Cli
 			}
 		}
 		scope = strings.Join(splitFields(asked), " ")
+	}
+	if stored.Revoked != 0 {
+		return nil, oauthErr(http.StatusBadRequest, "invalid_grant", "the refresh token was revoked")
+	}
+	if s.now().Unix() > stored.Expires {
+		return nil, oauthErr(http.StatusBadRequest, "invalid_grant", "the refresh token has expired")
+	}
+	stored, err = s.Store.UseRefreshToken(ctx, hash)
+	if err != nil {
+		return nil, err
+	}
+	if stored.Used != 0 {
+		// Reuse means the token leaked: end the whole grant.
+		if err := s.revokeFamily(ctx, stored.Family); err != nil {
+			return nil, err
+		}
+		return nil, oauthErr(http.StatusBadRequest, "invalid_grant", "the refresh token was already used; every token of this grant is now revoked")
 	}
 	g := codeGrant{ClientID: c.ID, Scope: scope, Subject: stored.Subject, FHIRUser: stored.FHIRUser, Family: stored.Family}
 	if rs, _ := ParseScopes(scope); hasPatientScope(rs) || has(splitFields(scope), "launch/patient") {

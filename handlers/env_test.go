@@ -3,9 +3,11 @@ package handlers_test
 import (
 	"context"
 	"encoding/json"
+	"fmt"
 	"io"
 	"net/http"
 	"net/http/httptest"
+	"os"
 	"strings"
 	"testing"
 	"time"
@@ -15,17 +17,20 @@ import (
 	"github.com/carta-fhir/carta/handlers"
 	"github.com/carta-fhir/carta/store"
 	"github.com/carta-fhir/carta/store/storetest"
+	"github.com/redis/go-redis/v9"
 )
 
 // env is a running server on a real store.
 type env struct {
-	t      *testing.T
-	srv    *httptest.Server
-	base   string // FHIR base
-	store  *store.Store
-	issuer *auth.Issuer
-	revoke *store.Revocations
-	keys   *auth.Keys
+	t        *testing.T
+	srv      *httptest.Server
+	base     string // FHIR base
+	store    *store.Store
+	issuer   *auth.Issuer
+	revoke   *store.Revocations
+	keys     *auth.Keys
+	verifier *auth.Verifier
+	auth     *auth.Server
 }
 
 func newEnv(t *testing.T, b storetest.Backend, opts ...func(*handlers.Config)) *env {
@@ -47,8 +52,21 @@ func newEnv(t *testing.T, b storetest.Backend, opts ...func(*handlers.Config)) *
 		t.Fatal(err)
 	}
 	e.store, e.revoke, e.keys = st, rev, keys
-	cfg := handlers.Config{Store: st, Keys: keys, BaseURL: e.srv.URL, Version: "test",
-		Verifier: &auth.Verifier{Keys: keys, Issuer: e.srv.URL, Audience: e.base, Revoked: rev}}
+	// The authorization server keeps its short-lived state in Redis for the PostgreSQL backend when Redis is
+	// configured (as replicas would), in process otherwise.
+	var state auth.State = store.NewMemoryState()
+	if u := os.Getenv("CARTA_TEST_REDIS_URL"); u != "" && b.Name == "postgres" {
+		opt, err := redis.ParseURL(u)
+		if err != nil {
+			t.Fatal(err)
+		}
+		rdb := redis.NewClient(opt)
+		t.Cleanup(func() { rdb.Close() })
+		state = store.NewRedisState(rdb).Namespace(fmt.Sprint(time.Now().UnixNano()))
+	}
+	e.verifier = &auth.Verifier{Keys: keys, Issuer: e.srv.URL, Audience: e.base, Revoked: rev}
+	e.auth = &auth.Server{Store: st, State: state, Issuer: &auth.Issuer{Keys: keys, Issuer: e.srv.URL, Audience: e.base}, Revocations: rev, BaseURL: e.srv.URL}
+	cfg := handlers.Config{Store: st, Keys: keys, BaseURL: e.srv.URL, Version: "test", Verifier: e.verifier, Auth: e.auth}
 	for _, o := range opts {
 		o(&cfg)
 	}

@@ -121,22 +121,28 @@ func (m *MemoryState) Del(_ context.Context, key string) error {
 
 // RedisState is short-lived state in Redis, shared by every replica.
 type RedisState struct {
-	rdb *redis.Client
+	rdb    *redis.Client
+	prefix string
 }
 
-// NewRedisState uses rdb for state.
-func NewRedisState(rdb *redis.Client) *RedisState { return &RedisState{rdb: rdb} }
+// NewRedisState uses rdb for state, under keys starting "carta:state:".
+func NewRedisState(rdb *redis.Client) *RedisState {
+	return &RedisState{rdb: rdb, prefix: "carta:state:"}
+}
 
-const redisStatePrefix = "carta:state:"
+// Namespace returns a state whose keys are apart from r's (tests share one Redis).
+func (r *RedisState) Namespace(name string) *RedisState {
+	return &RedisState{rdb: r.rdb, prefix: r.prefix + name + ":"}
+}
 
 // Put stores val under key for ttl.
 func (r *RedisState) Put(ctx context.Context, key string, val []byte, ttl time.Duration) error {
-	return r.rdb.Set(ctx, redisStatePrefix+key, val, ttl).Err()
+	return r.rdb.Set(ctx, r.prefix+key, val, ttl).Err()
 }
 
 // Get returns the value under key.
 func (r *RedisState) Get(ctx context.Context, key string) ([]byte, bool, error) {
-	b, err := r.rdb.Get(ctx, redisStatePrefix+key).Bytes()
+	b, err := r.rdb.Get(ctx, r.prefix+key).Bytes()
 	if err == redis.Nil {
 		return nil, false, nil
 	}
@@ -145,7 +151,7 @@ func (r *RedisState) Get(ctx context.Context, key string) ([]byte, bool, error) 
 
 // Take returns the value under key and removes it (GETDEL: of concurrent Takes, one gets it).
 func (r *RedisState) Take(ctx context.Context, key string) ([]byte, bool, error) {
-	b, err := r.rdb.GetDel(ctx, redisStatePrefix+key).Bytes()
+	b, err := r.rdb.GetDel(ctx, r.prefix+key).Bytes()
 	if err == redis.Nil {
 		return nil, false, nil
 	}
@@ -154,7 +160,7 @@ func (r *RedisState) Take(ctx context.Context, key string) ([]byte, bool, error)
 
 // Add stores val under key unless the key is present (SET NX), and reports whether it stored it.
 func (r *RedisState) Add(ctx context.Context, key string, val []byte, ttl time.Duration) (bool, error) {
-	res, err := r.rdb.SetArgs(ctx, redisStatePrefix+key, val, redis.SetArgs{Mode: "NX", TTL: ttl}).Result()
+	res, err := r.rdb.SetArgs(ctx, r.prefix+key, val, redis.SetArgs{Mode: "NX", TTL: ttl}).Result()
 	if err == redis.Nil {
 		return false, nil
 	}
@@ -167,10 +173,10 @@ return n`)
 
 // Incr adds one to the counter under key and returns it; a new counter lives for ttl.
 func (r *RedisState) Incr(ctx context.Context, key string, ttl time.Duration) (int64, error) {
-	return incrScript.Run(ctx, r.rdb, []string{redisStatePrefix + key}, ttl.Milliseconds()).Int64()
+	return incrScript.Run(ctx, r.rdb, []string{r.prefix + key}, ttl.Milliseconds()).Int64()
 }
 
 // Del removes key.
 func (r *RedisState) Del(ctx context.Context, key string) error {
-	return r.rdb.Del(ctx, redisStatePrefix+key).Err()
+	return r.rdb.Del(ctx, r.prefix+key).Err()
 }

@@ -378,7 +378,7 @@ func launchCmd(ctx context.Context, args []string, getenv func(string) string, s
 		return fmt.Errorf("client %q: %v", *client, err)
 	}
 	if _, err := srv.store.Read(ctx, "Patient", *patient, nil); err != nil {
-		return fmt.Errorf("Patient/%s: %v", *patient, err)
+		return fmt.Errorf("patient %s: %v", *patient, err)
 	}
 	l := &store.Launch{ID: randomString(18), ClientID: c.ID, Patient: *patient, Encounter: *encounter, FHIRUser: *user,
 		Expires: time.Now().Add(auth.LaunchTTL).Unix()}
