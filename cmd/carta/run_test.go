@@ -4,10 +4,15 @@ import (
 	"bufio"
 	"bytes"
 	"context"
+	"crypto/sha256"
+	"encoding/base64"
+	"encoding/json"
 	"fmt"
 	"io"
 	"net"
 	"net/http"
+	"net/http/cookiejar"
+	"net/url"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -353,4 +358,157 @@ func TestTwoReplicasShareOnePostgres(t *testing.T) {
 	if s, body := get(t, b.base+"/Patient?identifier=urn:x|both", tok); created != 1 || !strings.Contains(body, `"total":1`) {
 		t.Fatalf("conditional creates across replicas: created %d, search %d %s", created, s, body)
 	}
+}
+
+// scriptedLogin drives authorize → login → consent on base (an http://host:port server root) and returns the
+// code the app receives. Each step may go to a different replica: bases lists them in turn.
+func scriptedLogin(t *testing.T, bases []string, fhirBase, client, redirect, user, pass, scope, challenge string) string {
+	t.Helper()
+	jar, _ := cookiejar.New(nil)
+	c := &http.Client{Jar: jar, CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }}
+	// The cookie is set for one host; replicas share it as a load balancer would present them.
+	step := func(i int, method, path string, form url.Values) (*http.Response, string) {
+		base := bases[i%len(bases)]
+		var req *http.Request
+		if method == "GET" {
+			req, _ = http.NewRequest("GET", base+path, nil)
+		} else {
+			req, _ = http.NewRequest("POST", base+path, strings.NewReader(form.Encode()))
+			req.Header.Set("Content-Type", "application/x-www-form-urlencoded")
+		}
+		for _, ck := range jar.Cookies(mustURL(bases[0])) {
+			req.AddCookie(ck)
+		}
+		res, err := c.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer res.Body.Close()
+		if cks := res.Cookies(); len(cks) > 0 {
+			jar.SetCookies(mustURL(bases[0]), cks)
+		}
+		b, _ := io.ReadAll(res.Body)
+		return res, string(b)
+	}
+	q := url.Values{"response_type": {"code"}, "client_id": {client}, "redirect_uri": {redirect}, "scope": {scope}, "state": {"s1"},
+		"aud": {fhirBase}, "code_challenge": {challenge}, "code_challenge_method": {"S256"}}
+	res, body := step(0, "GET", "/auth/authorize?"+q.Encode(), nil)
+	if res.StatusCode != 302 {
+		t.Fatalf("authorize: %d %s", res.StatusCode, body)
+	}
+	_, body = step(1, "GET", "/auth/login", nil)
+	tok := regexp.MustCompile(`name="csrf" value="([^"]+)"`).FindStringSubmatch(body)
+	if tok == nil {
+		t.Fatalf("login page: %s", body)
+	}
+	res, body = step(2, "POST", "/auth/login", url.Values{"csrf": {tok[1]}, "username": {user}, "password": {pass}})
+	if res.StatusCode != 303 {
+		t.Fatalf("login: %d %s", res.StatusCode, body)
+	}
+	_, body = step(3, "GET", "/auth/consent", nil)
+	var keep []string
+	for _, m := range regexp.MustCompile(`name="keep" value="([^"]+)"`).FindAllStringSubmatch(body, -1) {
+		keep = append(keep, m[1])
+	}
+	res, body = step(4, "POST", "/auth/consent", url.Values{"csrf": {tok[1]}, "action": {"approve"}, "keep": keep})
+	loc, _ := url.Parse(res.Header.Get("Location"))
+	if res.StatusCode != 303 || loc == nil || loc.Query().Get("code") == "" {
+		t.Fatalf("consent: %d %s %s", res.StatusCode, res.Header.Get("Location"), body)
+	}
+	return loc.Query().Get("code")
+}
+
+func mustURL(s string) *url.URL {
+	u, err := url.Parse(s)
+	if err != nil {
+		panic(err)
+	}
+	return u
+}
+
+func postForm(t *testing.T, u string, form url.Values) (int, map[string]any) {
+	t.Helper()
+	res, err := http.PostForm(u, form)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer res.Body.Close()
+	var out map[string]any
+	json.NewDecoder(res.Body).Decode(&out)
+	return res.StatusCode, out
+}
+
+// TestSMARTAcrossReplicas: two carta processes on one PostgreSQL and one Redis. A person signs in with steps
+// alternating between them, a code issued through one is redeemable once on either, and a token revoked on one is
+// refused by the other within a second.
+func TestSMARTAcrossReplicas(t *testing.T) {
+	u, r := os.Getenv("CARTA_TEST_DATABASE_URL"), os.Getenv("CARTA_TEST_REDIS_URL")
+	if u == "" || r == "" {
+		t.Skip("needs CARTA_TEST_DATABASE_URL and CARTA_TEST_REDIS_URL")
+	}
+	db := storetest.PostgresSchema(t, u)
+	env := []string{"CARTA_DATABASE_URL=" + db, "CARTA_REDIS_URL=" + r}
+	args := []string{"--base-url", "http://fhir.example.test"}
+	a := startChild(t, env, args...)
+	b := startChild(t, env, args...)
+	t.Setenv("CARTA_DATABASE_URL", db)
+	tok := childToken(t, env, "--system", "--scope", "system/*.cruds")
+	if s, body := send(t, "PUT", a.base+"/Patient/p1", tok, `{"resourceType":"Patient","id":"p1","name":[{"family":"Replica"}]}`); s != 201 {
+		t.Fatalf("patient: %d %s", s, body)
+	}
+	redirect := "http://127.0.0.1:9/callback"
+	if out, errOut, code := runCmd(t, "clients", "add", "--id", "app", "--kind", "public", "--redirect-uri", redirect); code != 0 {
+		t.Fatalf("clients add: %s %s", out, errOut)
+	}
+	if out, errOut, code := runCmd(t, "users", "add", "--username", "pat", "--password", "long enough pw", "--patient", "p1"); code != 0 {
+		t.Fatalf("users add: %s %s", out, errOut)
+	}
+	roots := []string{strings.TrimSuffix(a.base, "/fhir"), strings.TrimSuffix(b.base, "/fhir")}
+	verifier, challenge := pkceForTest()
+	code := scriptedLogin(t, roots, "http://fhir.example.test/fhir", "app", redirect, "pat", "long enough pw", "launch/patient patient/*.rs", challenge)
+	form := url.Values{"grant_type": {"authorization_code"}, "code": {code}, "code_verifier": {verifier}, "redirect_uri": {redirect}, "client_id": {"app"}}
+	s, out := postForm(t, roots[1]+"/auth/token", form)
+	if s != 200 || out["patient"] != "p1" {
+		t.Fatalf("redeeming on B a code issued by A: %d %v", s, out)
+	}
+	first := out["access_token"].(string)
+	if s, out := postForm(t, roots[0]+"/auth/token", form); s != 400 || out["error"] != "invalid_grant" {
+		t.Fatalf("redeeming the same code again on A: %d %v", s, out)
+	}
+	refusedWithinASecond(t, b.base+"/Patient/p1", first, "the token of a reused code")
+	// A token revoked on A is refused by B.
+	code = scriptedLogin(t, roots, "http://fhir.example.test/fhir", "app", redirect, "pat", "long enough pw", "launch/patient patient/*.rs", challenge)
+	form.Set("code", code)
+	s, out = postForm(t, roots[0]+"/auth/token", form)
+	if s != 200 {
+		t.Fatalf("second grant: %d %v", s, out)
+	}
+	at := out["access_token"].(string)
+	if s, _ := get(t, b.base+"/Patient/p1", at); s != 200 {
+		t.Fatalf("reading on B: %d", s)
+	}
+	if s, _ := postForm(t, roots[0]+"/auth/revoke", url.Values{"token": {at}, "client_id": {"app"}}); s != 200 {
+		t.Fatalf("revoke on A: %d", s)
+	}
+	refusedWithinASecond(t, b.base+"/Patient/p1", at, "a token revoked on the other replica")
+}
+
+func refusedWithinASecond(t *testing.T, u, tok, what string) {
+	t.Helper()
+	deadline := time.Now().Add(time.Second)
+	for {
+		if s, _ := get(t, u, tok); s == 401 {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%s is still accepted a second later", what)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+func pkceForTest() (string, string) {
+	v := randomString(32)
+	sum := sha256.Sum256([]byte(v))
+	return v, base64.RawURLEncoding.EncodeToString(sum[:])
 }
