@@ -92,6 +92,9 @@ func (s *Server) jsonDoc(doc func() map[string]any) gin.HandlerFunc {
 }
 
 type page struct {
+	// formTo is an origin forms on the page may end up at besides this server (the app, after consent):
+	// browsers apply the form-action policy to the redirect that follows a form post.
+	formTo                                                        string
 	Title, Message, App, CSRF, Username, Query, Patient, FHIRBase string
 	Items                                                         []auth.ConsentItem
 	Other                                                         []string
@@ -104,7 +107,11 @@ func (s *Server) render(c *gin.Context, status int, name string, p page) {
 	p.FHIRBase = s.base
 	c.Header("Content-Type", "text/html; charset=utf-8")
 	c.Header("X-Frame-Options", "DENY")
-	c.Header("Content-Security-Policy", "default-src 'none'; style-src 'unsafe-inline'; form-action 'self'; frame-ancestors 'none'")
+	formAction := "'self'"
+	if p.formTo != "" {
+		formAction += " " + p.formTo
+	}
+	c.Header("Content-Security-Policy", "default-src 'none'; style-src 'unsafe-inline'; form-action "+formAction+"; frame-ancestors 'none'")
 	c.Status(status)
 	if err := pages.ExecuteTemplate(c.Writer, name, p); err != nil {
 		s.log.Error("rendering a page", "page", name, "err", err)
@@ -247,6 +254,19 @@ func (s *Server) patientPage(c *gin.Context) {
 	s.render(c, http.StatusOK, "patient.html", p)
 }
 
+// origin is the scheme://host[:port] of a URL as a Content-Security-Policy source; for a native app's
+// private-use scheme (com.example.app:/callback) it is the scheme source "com.example.app:".
+func origin(u string) string {
+	p, err := url.Parse(u)
+	switch {
+	case err != nil || p.Scheme == "":
+		return ""
+	case p.Host == "":
+		return p.Scheme + ":"
+	}
+	return p.Scheme + "://" + p.Host
+}
+
 // describePatient makes a picker line: name, birth date and id.
 func describePatient(id string, raw []byte) pickable {
 	var p struct {
@@ -310,7 +330,7 @@ func (s *Server) consentPage(c *gin.Context) {
 		s.fail(c, err)
 		return
 	}
-	p := page{Title: "Allow access?", App: sess.Req.ClientName, CSRF: sess.CSRF, Items: items, Other: other}
+	p := page{Title: "Allow access?", App: sess.Req.ClientName, CSRF: sess.CSRF, Items: items, Other: other, formTo: origin(sess.Req.RedirectURI)}
 	if sess.Patient != "" && !strings.HasPrefix(sess.FHIRUser, "Patient/") {
 		p.Patient = "Patient/" + sess.Patient
 	}
