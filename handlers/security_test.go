@@ -4,7 +4,11 @@ import (
 	"context"
 	"crypto/rand"
 	"crypto/rsa"
+	"crypto/x509"
 	"encoding/base64"
+	"encoding/json"
+	"encoding/pem"
+	"math/big"
 	"net/url"
 	"strings"
 	"testing"
@@ -41,7 +45,12 @@ func TestTokenChecks(t *testing.T) {
 		payload = []byte(strings.Replace(string(payload), "system/*.rs", "system/*.cruds", 1))
 		tampered := parts[0] + "." + base64.RawURLEncoding.EncodeToString(payload) + "." + parts[2]
 		noneTok := sign(jwt.SigningMethodNone, jwt.UnsafeAllowNoneSignatureType, claims(func(*auth.Claims) {}), e.keys.KID())
-		hsTok := sign(jwt.SigningMethodHS256, []byte("secret"), claims(func(*auth.Claims) {}), e.keys.KID())
+		// Algorithm confusion: HS256 keyed with the server's public key, as published, in the forms an attacker
+		// would try (PEM, DER, the JWKS document itself).
+		pubDER, pubPEM := e.publicKey(t)
+		hsPEM := sign(jwt.SigningMethodHS256, pubPEM, claims(func(*auth.Claims) {}), e.keys.KID())
+		hsDER := sign(jwt.SigningMethodHS256, pubDER, claims(func(*auth.Claims) {}), e.keys.KID())
+		hsJWKS := sign(jwt.SigningMethodHS256, e.keys.JWKS(), claims(func(*auth.Claims) {}), e.keys.KID())
 		revoked := e.tok(auth.Grant{Subject: "s", Scope: "system/*.rs"})
 		cases := []struct{ name, tok, want string }{
 			{"Expired", e.signOwn(t, claims(func(c *auth.Claims) {
@@ -55,7 +64,9 @@ func TestTokenChecks(t *testing.T) {
 			{"OtherKey", sign(jwt.SigningMethodRS256, otherKey, claims(func(*auth.Claims) {}), e.keys.KID()), "signature is invalid"},
 			{"UnknownKid", sign(jwt.SigningMethodRS256, otherKey, claims(func(*auth.Claims) {}), "nope"), "unknown key id"},
 			{"AlgNone", noneTok, "signature is invalid"},
-			{"HS256", hsTok, "signature is invalid"},
+			{"HS256WithPublicKeyPEM", hsPEM, "algorithm other than RS256"},
+			{"HS256WithPublicKeyDER", hsDER, "algorithm other than RS256"},
+			{"HS256WithJWKS", hsJWKS, "algorithm other than RS256"},
 			{"Tampered", tampered, "signature is invalid"},
 			{"Revoked", revoked, "revoked"},
 		}
@@ -225,4 +236,33 @@ func TestGranularScopes(t *testing.T) {
 		bad := e.patient("a", "patient/Observation.sudc patient/Nope.rs")
 		e.must(403, "GET", "/Observation/lab", bad, "")
 	})
+}
+
+// publicKey is the server's published verification key, DER and PEM encoded, read back from its JWKS.
+func (e *env) publicKey(t *testing.T) (der, pemBytes []byte) {
+	t.Helper()
+	var set struct {
+		Keys []struct{ Kid, N, E string } `json:"keys"`
+	}
+	if err := json.Unmarshal(e.keys.JWKS(), &set); err != nil {
+		t.Fatal(err)
+	}
+	for _, k := range set.Keys {
+		if k.Kid != e.keys.KID() {
+			continue
+		}
+		n, err1 := base64.RawURLEncoding.DecodeString(k.N)
+		x, err2 := base64.RawURLEncoding.DecodeString(k.E)
+		if err1 != nil || err2 != nil {
+			t.Fatal("JWKS n/e are not base64url")
+		}
+		pub := &rsa.PublicKey{N: new(big.Int).SetBytes(n), E: int(new(big.Int).SetBytes(x).Int64())}
+		der, err := x509.MarshalPKIXPublicKey(pub)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return der, pem.EncodeToMemory(&pem.Block{Type: "PUBLIC KEY", Bytes: der})
+	}
+	t.Fatal("the signing key is not in the JWKS")
+	return nil, nil
 }
