@@ -374,10 +374,17 @@ func (s *Server) revokeFamily(ctx context.Context, family string) error {
 	return nil
 }
 
+// tokenFromRefresh rotates a refresh token. A public client need not identify itself (RFC 6749 §6 asks
+// authentication of confidential clients only, and SMART's refresh request has no client_id; fhirclient sends
+// none): the token names its client, which must then be public. A client that does identify itself must be the
+// token's.
 func (s *Server) tokenFromRefresh(ctx context.Context, form url.Values, cred ClientCredentials) (*TokenResponse, error) {
-	c, err := s.authenticateClient(ctx, form, cred)
-	if err != nil {
-		return nil, err
+	var c *store.Client
+	if form.Get("client_id") != "" || cred.HasBasic || form.Get("client_assertion") != "" || form.Get("client_assertion_type") != "" {
+		var err error
+		if c, err = s.authenticateClient(ctx, form, cred); err != nil {
+			return nil, err
+		}
 	}
 	rt := form.Get("refresh_token")
 	if rt == "" {
@@ -390,6 +397,17 @@ func (s *Server) tokenFromRefresh(ctx context.Context, form url.Values, cred Cli
 	}
 	if err != nil {
 		return nil, err
+	}
+	if c == nil {
+		c, err = s.Store.Client(ctx, stored.ClientID)
+		switch {
+		case errors.Is(err, store.ErrNotFound) || (err == nil && c.Disabled != 0):
+			return nil, oauthErr(http.StatusBadRequest, "invalid_grant", "the refresh token's client is no longer registered")
+		case err != nil:
+			return nil, err
+		case c.Kind != "public":
+			return nil, oauthErr(http.StatusUnauthorized, "invalid_client", "client %s is confidential and must authenticate", c.ID)
+		}
 	}
 	// Checks that do not show the token leaked come first and leave it usable.
 	if stored.ClientID != c.ID {

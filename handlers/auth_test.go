@@ -474,8 +474,9 @@ func TestCodeAndRefreshRules(t *testing.T) {
 		wantOAuthError(t, f.tokenRequest(t, url.Values{"grant_type": {"refresh_token"}, "refresh_token": {rt1}, "client_id": {"app"}, "scope": {"patient/*.rs user/*.rs"}}, "", ""), 400, "invalid_scope")
 		wantOAuthError(t, f.tokenRequest(t, url.Values{"grant_type": {"refresh_token"}, "refresh_token": {rt1}, "client_id": {"narrow"}}, "", ""), 400, "invalid_grant")
 		wantOAuthError(t, f.tokenRequest(t, url.Values{"grant_type": {"refresh_token"}, "refresh_token": {"random"}, "client_id": {"app"}}, "", ""), 400, "invalid_grant")
-		// A narrower scope rotates the token.
-		r2 := f.tokenRequest(t, url.Values{"grant_type": {"refresh_token"}, "refresh_token": {rt1}, "client_id": {"app"}, "scope": {"offline_access patient/*.rs"}}, "", "")
+		// A narrower scope rotates the token. A public client need not name itself (SMART's refresh request has no
+		// client_id, and fhirclient sends none).
+		r2 := f.tokenRequest(t, url.Values{"grant_type": {"refresh_token"}, "refresh_token": {rt1}, "scope": {"offline_access patient/*.rs"}}, "", "")
 		if r2.status != 200 || r2.str("scope") != "offline_access patient/*.rs" || r2.str("refresh_token") == "" || r2.str("refresh_token") == rt1 {
 			t.Fatalf("refresh: %v", r2.body)
 		}
@@ -507,6 +508,18 @@ func TestConfidentialClientAndPractitioner(t *testing.T) {
 		r = f.tokenRequest(t, form, "conf", "s3cret-s3cret-s3cret")
 		if r.status != 200 || r.str("patient") != "alice" || !strings.Contains(r.str("scope"), "user/*.rs") {
 			t.Fatalf("practitioner via Basic: %v", r.body)
+		}
+		// A confidential client's refresh token needs the client's authentication; the token alone is not enough.
+		code, verifier = f.codeFor(t, "conf", "user/Patient.rs offline_access", "doc")
+		form = exchange(code, verifier, "")
+		form.Del("client_id")
+		rt := f.tokenRequest(t, form, "conf", "s3cret-s3cret-s3cret").str("refresh_token")
+		if rt == "" {
+			t.Fatal("no refresh token for offline_access")
+		}
+		wantOAuthError(t, f.tokenRequest(t, url.Values{"grant_type": {"refresh_token"}, "refresh_token": {rt}}, "", ""), 401, "invalid_client")
+		if r := f.tokenRequest(t, url.Values{"grant_type": {"refresh_token"}, "refresh_token": {rt}}, "conf", "s3cret-s3cret-s3cret"); r.status != 200 {
+			t.Fatalf("confidential refresh with Basic (the unauthenticated try must not have spent it): %v", r.body)
 		}
 		// client_secret_post works too; a public client id without the secret does not.
 		code, verifier = f.codeFor(t, "conf", "user/Patient.rs", "doc")

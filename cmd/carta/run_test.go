@@ -206,6 +206,7 @@ type child struct {
 	logs *bytes.Buffer
 }
 
+// freePort is a loopback address free at the time of asking.
 func freePort(t *testing.T) string {
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -512,3 +513,118 @@ func pkceForTest() (string, string) {
 	sum := sha256.Sum256([]byte(v))
 	return v, base64.RawURLEncoding.EncodeToString(sum[:])
 }
+
+// smartClientDir installs the official SMART JavaScript client for the fhirclient test (npm ci from the lock
+// file, once per lock file) and returns the directory holding standalone.js. Without Node it skips the test,
+// unless CARTA_TEST_NODE names a node binary (.ci/run does), in which case a missing one is a failure.
+func smartClientDir(t *testing.T) (dir, node string) {
+	t.Helper()
+	node = os.Getenv("CARTA_TEST_NODE")
+	var err error
+	if node != "" {
+		if node, err = exec.LookPath(node); err != nil {
+			t.Fatalf("CARTA_TEST_NODE: %v", err)
+		}
+	} else if node, err = exec.LookPath("node"); err != nil {
+		t.Skip("no node; the fhirclient test needs Node.js 18+ and npm")
+	}
+	npm, err := exec.LookPath("npm")
+	if err != nil {
+		t.Fatalf("node without npm: %v", err)
+	}
+	dir, _ = filepath.Abs("../../testdata/smart-client")
+	lock, err := os.ReadFile(filepath.Join(dir, "package-lock.json"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	stamp := filepath.Join(dir, "node_modules", ".carta-installed-lock")
+	if have, err := os.ReadFile(stamp); err == nil && bytes.Equal(have, lock) {
+		return dir, node
+	}
+	cmd := exec.Command(npm, "ci", "--ignore-scripts", "--no-audit", "--no-fund")
+	cmd.Dir = dir
+	if out, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("npm ci in %s: %v\n%s", dir, err, out)
+	}
+	if err := os.WriteFile(stamp, lock, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	return dir, node
+}
+
+// TestFhirclientStandaloneLaunch: the official SMART JavaScript client (fhirclient, headless in Node) discovers
+// Carta, performs a standalone patient launch with PKCE (sign-in and consent by a scripted person), reads the
+// patient and its Observations, is refused another patient, and refreshes its token — what app developers use,
+// against what `carta serve`, `carta clients add` and `carta users add` set up.
+func TestFhirclientStandaloneLaunch(t *testing.T) {
+	dir, node := smartClientDir(t)
+	data := t.TempDir()
+	t.Setenv("CARTA_DATABASE_URL", "")
+	base, stop := startInProcess(t, "--data", data)
+	defer stop()
+	tok, errOut, code := runCmd(t, "token", "--data", data, "--system", "--scope", "system/*.cruds")
+	if code != 0 {
+		t.Fatalf("token: %s", errOut)
+	}
+	for _, r := range []struct{ path, body string }{
+		{"/Patient/p1", `{"resourceType":"Patient","id":"p1","name":[{"family":"Chalmers","given":["Peter"]}]}`},
+		{"/Patient/p2", `{"resourceType":"Patient","id":"p2","name":[{"family":"Other"}]}`},
+		{"/Observation/o1", `{"resourceType":"Observation","id":"o1","status":"final","code":{"text":"weight"},"subject":{"reference":"Patient/p1"}}`},
+		{"/Observation/o2", `{"resourceType":"Observation","id":"o2","status":"final","code":{"text":"weight"},"subject":{"reference":"Patient/p2"}}`},
+	} {
+		if s, body := send(t, "PUT", base+r.path, tok, r.body); s != 201 {
+			t.Fatalf("PUT %s: %d %s", r.path, s, body)
+		}
+	}
+	_, port, _ := strings.Cut(freePort(t), ":")
+	if out, errOut, code := runCmd(t, "clients", "add", "--data", data, "--id", "js-app", "--name", "JS App", "--kind", "public",
+		"--redirect-uri", "http://127.0.0.1:"+port+"/callback"); code != 0 {
+		t.Fatalf("clients add: %s %s", out, errOut)
+	}
+	if out, errOut, code := runCmd(t, "users", "add", "--data", data, "--username", "peter", "--password", "correct horse battery", "--patient", "p1"); code != 0 {
+		t.Fatalf("users add: %s %s", out, errOut)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, node, "standalone.js", base, "js-app", "peter", "correct horse battery", port, "p2")
+	cmd.Dir = dir
+	var stderr bytes.Buffer
+	cmd.Stderr = &stderr
+	out, err := cmd.Output()
+	if err != nil {
+		t.Fatalf("fhirclient app: %v\n%s", err, stderr.String())
+	}
+	var got struct {
+		PatientID, FHIRUser, Scope, TokenType string
+		HasRefreshToken, Refreshed            bool
+		PatientRead                           struct{ ResourceType, ID string }
+		ObservationSearch                     struct {
+			ResourceType string
+			Count        int
+		}
+		OtherPatientStatus any
+		ReadAfterRefresh   string
+	}
+	if err := json.Unmarshal(out, &got); err != nil {
+		t.Fatalf("app output %q: %v", out, err)
+	}
+	if got.PatientID != "p1" || got.FHIRUser != "Patient/p1" || got.TokenType != "Bearer" || !got.HasRefreshToken {
+		t.Errorf("launch context: %s", out)
+	}
+	if got.Scope != "launch/patient openid fhirUser offline_access patient/Patient.rs patient/Observation.rs" {
+		t.Errorf("granted scope %q", got.Scope)
+	}
+	if got.PatientRead.ResourceType != "Patient" || got.PatientRead.ID != "p1" {
+		t.Errorf("patient read: %s", out)
+	}
+	if got.ObservationSearch.ResourceType != "Bundle" || got.ObservationSearch.Count != 1 {
+		t.Errorf("the patient's Observations: %s", out)
+	}
+	if got.OtherPatientStatus != float64(404) {
+		t.Errorf("another patient's record answered %v, want 404", got.OtherPatientStatus)
+	}
+	if !got.Refreshed || got.ReadAfterRefresh != "p1" {
+		t.Errorf("refresh: %s", out)
+	}
+}
+
