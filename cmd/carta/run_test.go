@@ -627,4 +627,3 @@ func TestFhirclientStandaloneLaunch(t *testing.T) {
 		t.Errorf("refresh: %s", out)
 	}
 }
-
