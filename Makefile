@@ -13,7 +13,7 @@ FUZZ_QUERY    ?= 300000x
 # -race needs cgo; it is used when a C compiler is present.
 RACE      := $(shell command -v gcc >/dev/null 2>&1 && echo -race)
 
-.PHONY: all build run test unit fuzz lint bench load wrk spec clean
+.PHONY: all build run demo test unit fuzz lint bench load wrk spec clean
 
 all: lint test build
 
@@ -22,6 +22,10 @@ build:
 
 run: build
 	./bin/carta serve
+
+# The server with demo records, a demo patient and clinician login, and a demo SMART app at /demo.
+demo: build
+	./bin/carta serve --demo
 
 test: unit fuzz
 

@@ -5,35 +5,15 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"net/url"
-	"os"
-	"os/exec"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/carta-fhir/carta/handlers/browsertest"
 	"github.com/carta-fhir/carta/store"
 	"github.com/carta-fhir/carta/store/storetest"
 	"github.com/chromedp/chromedp"
 )
-
-// chromium returns the Chromium binary (Debian's package; .ci/run installs it), or skips the test. When
-// CARTA_TEST_CHROMIUM names a browser (as .ci/run does), a missing one fails the test instead.
-func chromium(t *testing.T) string {
-	if want := os.Getenv("CARTA_TEST_CHROMIUM"); want != "" {
-		p, err := exec.LookPath(want)
-		if err != nil {
-			t.Fatalf("CARTA_TEST_CHROMIUM=%s: %v", want, err)
-		}
-		return p
-	}
-	for _, name := range []string{"chromium", "chromium-browser", "google-chrome"} {
-		if p, err := exec.LookPath(name); err == nil {
-			return p
-		}
-	}
-	t.Skip("no Chromium (apt-get install chromium); .ci/run installs it")
-	return ""
-}
 
 // browserApp is an app's redirect endpoint for the page tests: it hands the query it was called with to the test.
 type browserApp struct {
@@ -71,24 +51,6 @@ func (a *browserApp) reached(t *testing.T) url.Values {
 	}
 }
 
-// openBrowser starts headless Chromium on the URL and returns a context for further steps (60 s budget).
-func openBrowser(t *testing.T, bin, start string) context.Context {
-	opts := append(chromedp.DefaultExecAllocatorOptions[:], chromedp.ExecPath(bin), chromedp.NoSandbox, chromedp.DisableGPU,
-		chromedp.Flag("disable-background-networking", true), chromedp.Flag("disable-component-update", true),
-		chromedp.Flag("disable-sync", true), chromedp.Flag("no-first-run", true), chromedp.UserDataDir(t.TempDir()))
-	actx, cancelAlloc := chromedp.NewExecAllocator(context.Background(), opts...)
-	ctx, cancelCtx := chromedp.NewContext(actx)
-	// The first call starts the browser and must not carry a timeout; later steps get one.
-	if err := chromedp.Do(ctx, chromedp.Navigate(start)); err != nil {
-		cancelCtx()
-		cancelAlloc()
-		t.Fatalf("browser: %v", err)
-	}
-	step, stop := context.WithTimeout(ctx, 60*time.Second)
-	t.Cleanup(func() { stop(); cancelCtx(); cancelAlloc() })
-	return step
-}
-
 // authorizeURL is a standalone-launch authorization request from the "web" client.
 func authorizeURL(e *env, a *browserApp, scope, challenge string) string {
 	q := url.Values{"response_type": {"code"}, "client_id": {"web"}, "redirect_uri": {a.redirect}, "state": {"xyz"}, "aud": {e.base},
@@ -99,32 +61,26 @@ func authorizeURL(e *env, a *browserApp, scope, challenge string) string {
 // TestLoginAndConsentInChromium drives the real pages in headless Chromium: sign in, untick one kind of record,
 // allow, and land on the app with a code whose token lacks what was unticked.
 func TestLoginAndConsentInChromium(t *testing.T) {
-	bin := chromium(t)
+	bin := browsertest.Chromium(t)
 	e := newEnv(t, storetest.Backends(t)[0])
 	f := newAuthFixture(t, e)
 	app := newBrowserApp(t, e)
 	verifier, challenge := pkce()
-	step := openBrowser(t, bin, authorizeURL(e, app, "launch/patient openid fhirUser patient/Patient.rs patient/Observation.rs", challenge))
-	must := func(what string, err error) {
-		t.Helper()
-		if err != nil {
-			t.Fatalf("%s: %v", what, err)
-		}
-	}
-	must("login page", chromedp.Do(step, chromedp.WaitVisible(chromedp.CSS(`#username`))))
+	step := browsertest.Open(t, bin, authorizeURL(e, app, "launch/patient openid fhirUser patient/Patient.rs patient/Observation.rs", challenge))
+	browsertest.Must(t, "login page", chromedp.Do(step, chromedp.WaitVisible(chromedp.CSS(`#username`))))
 	labelled, err := chromedp.Run(step, chromedp.Evaluate[string](`[...document.querySelectorAll('input:not([type=hidden])')].every(i => document.querySelector('label[for="'+i.id+'"]')) ? "yes" : "no"`))
-	must("labels", err)
+	browsertest.Must(t, "labels", err)
 	appName, err := chromedp.Run(step, chromedp.Text(chromedp.CSS(`.app`)))
-	must("app name", err)
-	must("sign in", chromedp.Do(step,
+	browsertest.Must(t, "app name", err)
+	browsertest.Must(t, "sign in", chromedp.Do(step,
 		chromedp.SendKeys(chromedp.CSS(`#username`), "alice"),
 		chromedp.SendKeys(chromedp.CSS(`#password`), password),
 		chromedp.Click(chromedp.CSS(`button[type=submit]`)),
 		chromedp.WaitVisible(chromedp.CSS(`input[name=keep][value="patient/Observation"]`)),
 	))
 	consentText, err := chromedp.Run(step, chromedp.Text(chromedp.CSS(`main`)))
-	must("consent text", err)
-	must("consent", chromedp.Do(step,
+	browsertest.Must(t, "consent text", err)
+	browsertest.Must(t, "consent", chromedp.Do(step,
 		chromedp.Click(chromedp.CSS(`input[name=keep][value="patient/Observation"]`)),
 		chromedp.Click(chromedp.CSS(`button[value=approve]`)),
 	))
@@ -151,19 +107,13 @@ func TestLoginAndConsentInChromium(t *testing.T) {
 // TestWrongPasswordAndDenyInChromium: a wrong password keeps the user on the sign-in page with an error the
 // screen reader announces; "Don't allow" sends the browser back to the app with access_denied and no code.
 func TestWrongPasswordAndDenyInChromium(t *testing.T) {
-	bin := chromium(t)
+	bin := browsertest.Chromium(t)
 	e := newEnv(t, storetest.Backends(t)[0])
 	newAuthFixture(t, e)
 	app := newBrowserApp(t, e)
 	_, challenge := pkce()
-	step := openBrowser(t, bin, authorizeURL(e, app, "launch/patient openid fhirUser patient/Patient.rs", challenge))
-	must := func(what string, err error) {
-		t.Helper()
-		if err != nil {
-			t.Fatalf("%s: %v", what, err)
-		}
-	}
-	must("wrong password", chromedp.Do(step,
+	step := browsertest.Open(t, bin, authorizeURL(e, app, "launch/patient openid fhirUser patient/Patient.rs", challenge))
+	browsertest.Must(t, "wrong password", chromedp.Do(step,
 		chromedp.WaitVisible(chromedp.CSS(`#username`)),
 		chromedp.SendKeys(chromedp.CSS(`#username`), "alice"),
 		chromedp.SendKeys(chromedp.CSS(`#password`), "not the password"),
@@ -171,11 +121,11 @@ func TestWrongPasswordAndDenyInChromium(t *testing.T) {
 		chromedp.WaitVisible(chromedp.CSS(`p.error[role=alert]`)),
 	))
 	msg, err := chromedp.Run(step, chromedp.Text(chromedp.CSS(`p.error`)))
-	must("error text", err)
+	browsertest.Must(t, "error text", err)
 	if strings.Contains(strings.ToLower(msg), "alice") || msg == "" {
 		t.Errorf("sign-in error %q should say the details were wrong without naming the account", msg)
 	}
-	must("sign in and deny", chromedp.Do(step,
+	browsertest.Must(t, "sign in and deny", chromedp.Do(step,
 		chromedp.SendKeys(chromedp.CSS(`#password`), password),
 		chromedp.Click(chromedp.CSS(`button[type=submit]`)),
 		chromedp.WaitVisible(chromedp.CSS(`button[value=deny]`)),

@@ -36,6 +36,8 @@ type Config struct {
 	// Loc is the zone for dates written without one in searches.
 	Loc     *time.Location
 	Version string
+	// Demo serves the demo SMART app at /demo (needs Auth; `carta serve --demo` registers its client).
+	Demo bool
 }
 
 // Server holds what the handlers need.
@@ -52,13 +54,15 @@ type Server struct {
 
 	capability     []byte
 	capabilityETag string
+	demo           bool
+	self           http.Handler // the whole handler, for the demo app's own requests
 }
 
 // New builds the HTTP handler.
 func New(cfg Config) (http.Handler, error) {
 	s := &Server{
 		store: cfg.Store, verifier: cfg.Verifier, keys: cfg.Keys, auth: cfg.Auth, base: strings.TrimSuffix(cfg.BaseURL, "/") + "/fhir",
-		log: cfg.Logger, maxBody: cfg.MaxBody, loc: cfg.Loc, version: cfg.Version,
+		log: cfg.Logger, maxBody: cfg.MaxBody, loc: cfg.Loc, version: cfg.Version, demo: cfg.Demo && cfg.Auth != nil,
 	}
 	if s.log == nil {
 		s.log = slog.New(slog.DiscardHandler)
@@ -88,7 +92,8 @@ func New(cfg Config) (http.Handler, error) {
 	r.ContextWithFallback = true
 	r.Use(s.requestID, s.accessLog, s.recover)
 	s.routes(r)
-	return s.outer(r), nil
+	s.self = s.outer(r)
+	return s.self, nil
 }
 
 // outer handles what must happen before routing: CORS preflight and a trailing slash (FHIR treats [base]/Patient/

@@ -18,6 +18,9 @@ func (s *Server) routes(r *gin.Engine) {
 	if s.auth != nil {
 		s.authRoutes(r)
 	}
+	if s.demo {
+		s.demoRoutes(r)
+	}
 	r.GET("/fhir/metadata", s.negotiate, s.metadata)
 	r.HEAD("/fhir/metadata", s.negotiate, s.metadata)
 

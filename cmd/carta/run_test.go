@@ -42,6 +42,14 @@ var bannerRE = regexp.MustCompile(`serving FHIR R4 at (\S+)`)
 // returns its exit code.
 func startInProcess(t *testing.T, args ...string) (string, func() int) {
 	t.Helper()
+	base, stop, _ := startWithBanner(t, args...)
+	return base, stop
+}
+
+// startWithBanner is startInProcess that also returns what the server printed on standard error at start (the
+// banner, whole).
+func startWithBanner(t *testing.T, args ...string) (string, func() int, string) {
+	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
 	pr, pw := io.Pipe()
 	done := make(chan int, 1)
@@ -49,24 +57,38 @@ func startInProcess(t *testing.T, args ...string) (string, func() int) {
 		done <- run(ctx, append([]string{"serve", "--addr", "127.0.0.1:0"}, args...), os.Getenv, strings.NewReader(""), io.Discard, pw)
 		pw.Close()
 	}()
-	base := make(chan string, 1)
+	type banner struct{ base, text string }
+	started := make(chan banner, 1)
 	go func() {
-		sc := bufio.NewScanner(pr)
-		for sc.Scan() {
-			if m := bannerRE.FindStringSubmatch(sc.Text()); m != nil {
-				base <- m[1]
+		// The banner is one write: every line of it is in the reader's buffer once the first one is.
+		br := bufio.NewReader(pr)
+		var text strings.Builder
+		for {
+			line, err := br.ReadString('\n')
+			text.WriteString(line)
+			if m := bannerRE.FindStringSubmatch(line); m != nil {
+				for br.Buffered() > 0 {
+					more, _ := br.ReadString('\n')
+					text.WriteString(more)
+				}
+				started <- banner{m[1], text.String()}
+				io.Copy(io.Discard, br)
+				return
+			}
+			if err != nil {
+				return
 			}
 		}
 	}()
 	select {
-	case b := <-base:
-		return b, func() int { cancel(); return <-done }
+	case b := <-started:
+		return b.base, func() int { cancel(); return <-done }, b.text
 	case code := <-done:
 		t.Fatalf("serve exited with %d", code)
 	case <-time.After(30 * time.Second):
 		t.Fatal("serve did not start")
 	}
-	return "", nil
+	return "", nil, ""
 }
 
 func runCmd(t *testing.T, args ...string) (string, string, int) {

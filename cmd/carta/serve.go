@@ -25,7 +25,7 @@ type serveConfig struct {
 	logLevel                             slog.Level
 	maxBody                              int64
 	loc                                  *time.Location
-	syncFull                             bool
+	syncFull, demo                       bool
 }
 
 func parseServe(args []string, getenv func(string) string, stderr io.Writer) (*serveConfig, error) {
@@ -38,6 +38,7 @@ func parseServe(args []string, getenv func(string) string, stderr io.Writer) (*s
 	maxBody := fs.Int64("max-body", int64(handlers.DefaultMaxBody), "largest accepted request body in bytes")
 	tz := fs.String("timezone", envOr(getenv, "CARTA_TIMEZONE", "UTC"), "zone for dates written without one (IANA name)")
 	sync := fs.String("sqlite-sync", envOr(getenv, "CARTA_SQLITE_SYNC", "normal"), "SQLite durability: normal (survives a crash of the server) or full (also survives power loss)")
+	fs.BoolVar(&cfg.demo, "demo", false, "load demo records, demo logins (fresh passwords printed at start) and the demo app at /demo")
 	if err := fs.Parse(args); err != nil {
 		return nil, err
 	}
@@ -142,9 +143,16 @@ func serve(ctx context.Context, args []string, getenv func(string) string, stdou
 		Store: st, Keys: keys, BaseURL: base, Logger: log, MaxBody: cfg.maxBody, Loc: cfg.loc, Version: carta(),
 		Verifier: &auth.Verifier{Keys: keys, Issuer: base, Audience: fhirBase, Revoked: revocations},
 		Auth:     &auth.Server{Store: st, State: state, Issuer: issuer, Revocations: revocations, BaseURL: base},
+		Demo:     cfg.demo,
 	})
 	if err != nil {
 		return err
+	}
+	var demoPasswords map[string]string
+	if cfg.demo {
+		if demoPasswords, err = demoSetup(ctx, st, h, issuer, base); err != nil {
+			return err
+		}
 	}
 	srv := &http.Server{
 		Handler:           h,
@@ -163,13 +171,26 @@ func serve(ctx context.Context, args []string, getenv func(string) string, stdou
 		backend += " + Redis"
 	}
 	log.Info("serving", "fhir_base", fhirBase, "store", backend, "version", carta())
-	fmt.Fprintf(stderr, `Carta %s is serving FHIR R4 at %s (%s)
+	var banner strings.Builder
+	fmt.Fprintf(&banner, `Carta %s is serving FHIR R4 at %s (%s)
 
   Get a token:     carta token --system --scope 'system/*.cruds'        (add --data %s if you changed it)
   First request:   curl -H "Authorization: Bearer $TOKEN" %s/Patient
   Capabilities:    curl %s/metadata
   Stop:            Ctrl-C (finishes requests in flight)
 `, carta(), fhirBase, backend, cfg.data, fhirBase, fhirBase)
+	if cfg.demo {
+		fmt.Fprintf(&banner, `
+  Demo: open %s/demo in a browser and press "Connect to Carta" (a standalone SMART launch with PKCE).
+    Sign in as the patient:    demo-patient / %s
+    or as her clinician:       demo-doctor  / %s   (finds a patient first: try Rivera)
+  The app shows the token it got and curl commands to use it. Passwords change at every start.
+  EHR launch:      carta launch --client %s --patient demo-patient --user Practitioner/demo-doctor   (prints a URL to open)
+  Your own app:    carta clients add --id my-app --kind public --redirect-uri http://localhost:3000/callback
+                   then point it at iss=%s (docs/auth.md)
+`, base, demoPasswords["demo-patient"], demoPasswords["demo-doctor"], handlers.DemoClientID, fhirBase)
+	}
+	io.WriteString(stderr, banner.String()) // one write, so that it is not interleaved with anything
 
 	errc := make(chan error, 1)
 	go func() { errc <- srv.Serve(ln) }()
