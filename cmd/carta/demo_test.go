@@ -3,6 +3,7 @@ package main
 import (
 	"encoding/base64"
 	"encoding/json"
+	"net/http"
 	"regexp"
 	"strings"
 	"testing"
@@ -158,6 +159,21 @@ func TestDemoRestart(t *testing.T) {
 		t.Errorf("the demo patient was written again on restart: %d %.300s", s, body)
 	}
 	root := strings.TrimSuffix(base, "/fhir")
+	// On plain-http loopback the cookies work without Secure (and stay HttpOnly and SameSite).
+	noFollow := &http.Client{CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }}
+	u := root + "/demo/launch"
+	for _, step := range []string{"the demo app's cookie", "the sign-in cookie"} {
+		res, err := noFollow.Get(u)
+		if err != nil {
+			t.Fatal(err)
+		}
+		res.Body.Close()
+		ck := res.Header.Get("Set-Cookie")
+		if res.StatusCode != 302 || ck == "" || strings.Contains(ck, "Secure") || !strings.Contains(ck, "HttpOnly") || !strings.Contains(ck, "SameSite=Lax") {
+			t.Fatalf("%s from %s: %d %q", step, u, res.StatusCode, ck)
+		}
+		u = res.Header.Get("Location") // on to the authorization endpoint
+	}
 	if s, body := get(t, root+"/demo/launch?iss=https%3A%2F%2Fevil.example%2Ffhir&launch=x", ""); s != 400 || !strings.Contains(body, "another server") {
 		t.Errorf("a launch for another server: %d %.300s", s, body)
 	}

@@ -3,12 +3,14 @@ package main
 import (
 	"bufio"
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"io"
 	"log/slog"
 	"net"
 	"net/http"
+	"os"
 	"strings"
 	"sync"
 	"time"
@@ -22,6 +24,7 @@ import (
 // serveConfig is everything `carta serve` reads from flags and the environment.
 type serveConfig struct {
 	addr, data, baseURL, dbURL, redisURL string
+	tlsCert, tlsKey                      string
 	logLevel                             slog.Level
 	maxBody                              int64
 	loc                                  *time.Location
@@ -38,6 +41,8 @@ func parseServe(args []string, getenv func(string) string, stderr io.Writer) (*s
 	maxBody := fs.Int64("max-body", int64(handlers.DefaultMaxBody), "largest accepted request body in bytes")
 	tz := fs.String("timezone", envOr(getenv, "CARTA_TIMEZONE", "UTC"), "zone for dates written without one (IANA name)")
 	sync := fs.String("sqlite-sync", envOr(getenv, "CARTA_SQLITE_SYNC", "normal"), "SQLite durability: normal (survives a crash of the server) or full (also survives power loss)")
+	fs.StringVar(&cfg.tlsCert, "tls-cert", getenv("CARTA_TLS_CERT"), "PEM certificate (chain) file: serve HTTPS")
+	fs.StringVar(&cfg.tlsKey, "tls-key", getenv("CARTA_TLS_KEY"), "PEM private key file of --tls-cert")
 	fs.BoolVar(&cfg.demo, "demo", false, "load demo records, demo logins (fresh passwords printed at start) and the demo app at /demo")
 	if err := fs.Parse(args); err != nil {
 		return nil, err
@@ -46,6 +51,9 @@ func parseServe(args []string, getenv func(string) string, stderr io.Writer) (*s
 		return nil, usageErr("serve takes no arguments, got %q", fs.Arg(0))
 	}
 	cfg.dbURL, cfg.redisURL = getenv("CARTA_DATABASE_URL"), getenv("CARTA_REDIS_URL")
+	if (cfg.tlsCert == "") != (cfg.tlsKey == "") {
+		return nil, usageErr("--tls-cert and --tls-key go together")
+	}
 	if err := cfg.logLevel.UnmarshalText([]byte(*level)); err != nil {
 		return nil, usageErr("--log-level %q: use debug, info, warn or error", *level)
 	}
@@ -84,6 +92,12 @@ func serve(ctx context.Context, args []string, getenv func(string) string, stdou
 	log := slog.New(slog.NewJSONHandler(logs, &slog.HandlerOptions{Level: cfg.logLevel}))
 	go logs.run(ctx)
 
+	var certs *certReloader
+	if cfg.tlsCert != "" {
+		if certs, err = newCertReloader(cfg.tlsCert, cfg.tlsKey); err != nil {
+			return err
+		}
+	}
 	ln, err := net.Listen("tcp", cfg.addr)
 	if err != nil {
 		return fmt.Errorf("listening on %s: %w", cfg.addr, err)
@@ -95,7 +109,11 @@ func serve(ctx context.Context, args []string, getenv func(string) string, stdou
 		if ip := net.ParseIP(host); ip != nil && ip.IsUnspecified() {
 			host = "localhost"
 		}
-		base = "http://" + net.JoinHostPort(host, port)
+		scheme := "http://"
+		if certs != nil {
+			scheme = "https://"
+		}
+		base = scheme + net.JoinHostPort(host, port)
 	}
 	fhirBase := base + "/fhir"
 
@@ -163,7 +181,13 @@ func serve(ctx context.Context, args []string, getenv func(string) string, stdou
 		MaxHeaderBytes:    1 << 20,
 		ErrorLog:          slog.NewLogLogger(log.Handler(), slog.LevelWarn),
 	}
+	if certs != nil {
+		srv.TLSConfig = &tls.Config{MinVersion: tls.VersionTLS12, GetCertificate: certs.get}
+	}
 	backend := "SQLite in " + cfg.data
+	if certs != nil {
+		backend = "HTTPS, " + backend
+	}
 	if cfg.dbURL != "" {
 		backend = "PostgreSQL"
 	}
@@ -193,7 +217,13 @@ func serve(ctx context.Context, args []string, getenv func(string) string, stdou
 	io.WriteString(stderr, banner.String()) // one write, so that it is not interleaved with anything
 
 	errc := make(chan error, 1)
-	go func() { errc <- srv.Serve(ln) }()
+	go func() {
+		if certs != nil {
+			errc <- srv.ServeTLS(ln, "", "") // certificates from TLSConfig; HTTP/2 as well
+			return
+		}
+		errc <- srv.Serve(ln)
+	}()
 	select {
 	case err := <-errc:
 		return fmt.Errorf("serving: %w", err)
@@ -246,4 +276,48 @@ func (b *logBuffer) run(ctx context.Context) {
 			b.Flush()
 		}
 	}
+}
+
+// certReloader serves the TLS certificate from its files and picks up a renewed one (say from an ACME client)
+// without a restart: it looks at the files at most once a minute.
+type certReloader struct {
+	certFile, keyFile string
+	mu                sync.Mutex
+	cert              *tls.Certificate
+	modTime           time.Time
+	checked           time.Time
+}
+
+func newCertReloader(certFile, keyFile string) (*certReloader, error) {
+	r := &certReloader{certFile: certFile, keyFile: keyFile}
+	if err := r.load(); err != nil {
+		return nil, err
+	}
+	return r, nil
+}
+
+func (r *certReloader) load() error {
+	fi, err := os.Stat(r.certFile)
+	if err != nil {
+		return fmt.Errorf("--tls-cert: %w", err)
+	}
+	c, err := tls.LoadX509KeyPair(r.certFile, r.keyFile)
+	if err != nil {
+		return fmt.Errorf("--tls-cert/--tls-key: %w", err)
+	}
+	r.cert, r.modTime = &c, fi.ModTime()
+	return nil
+}
+
+func (r *certReloader) get(*tls.ClientHelloInfo) (*tls.Certificate, error) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if now := time.Now(); now.Sub(r.checked) > time.Minute {
+		r.checked = now
+		if fi, err := os.Stat(r.certFile); err == nil && !fi.ModTime().Equal(r.modTime) {
+			// A half-written renewal fails to load; the current certificate stays until the next look.
+			_ = r.load()
+		}
+	}
+	return r.cert, nil
 }
