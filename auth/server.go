@@ -23,6 +23,7 @@ type Store interface {
 	RefreshTokenByHash(ctx context.Context, hash string) (*store.RefreshToken, error)
 	RecordIssued(ctx context.Context, jti, family string, exp time.Time) error
 	RevokeFamily(ctx context.Context, family string) (map[string]time.Time, error)
+	Families(ctx context.Context, username, clientID string) ([]string, error)
 	Launch(ctx context.Context, id string) (*store.Launch, error)
 	Read(ctx context.Context, typ, id string, acc *fhir.Access) (*store.Stored, error)
 }

@@ -374,6 +374,25 @@ func (s *Server) revokeFamily(ctx context.Context, family string) error {
 	return nil
 }
 
+// EndGrants revokes every grant of a user (by username) or of a client: their refresh tokens stop working and
+// the access tokens issued under them are refused at once. `carta users disable` and `carta clients remove` call
+// it. It returns how many grants it ended.
+func (s *Server) EndGrants(ctx context.Context, username, clientID string) (int, error) {
+	if username == "" && clientID == "" {
+		return 0, errors.New("auth: EndGrants needs a user or a client")
+	}
+	families, err := s.Store.Families(ctx, username, clientID)
+	if err != nil {
+		return 0, err
+	}
+	for _, f := range families {
+		if err := s.revokeFamily(ctx, f); err != nil {
+			return 0, err
+		}
+	}
+	return len(families), nil
+}
+
 // tokenFromRefresh rotates a refresh token. A public client need not identify itself (RFC 6749 §6 asks
 // authentication of confidential clients only, and SMART's refresh request has no client_id; fhirclient sends
 // none): the token names its client, which must then be public. A client that does identify itself must be the
@@ -428,6 +447,16 @@ func (s *Server) tokenFromRefresh(ctx context.Context, form url.Values, cred Cli
 	}
 	if s.now().Unix() > stored.Expires {
 		return nil, oauthErr(http.StatusBadRequest, "invalid_grant", "the refresh token has expired")
+	}
+	if stored.Subject != "" && stored.FHIRUser != "" {
+		// The person behind the grant must still be allowed in (a disabled account ends its grants, and this
+		// holds even for one racing the disabling).
+		u, err := s.Store.User(ctx, stored.Subject)
+		if errors.Is(err, store.ErrNotFound) || (err == nil && u.Disabled != 0) {
+			return nil, oauthErr(http.StatusBadRequest, "invalid_grant", "the account this grant belongs to is disabled")
+		} else if err != nil {
+			return nil, err
+		}
 	}
 	stored, err = s.Store.UseRefreshToken(ctx, hash)
 	if err != nil {

@@ -219,6 +219,23 @@ func (s *Store) RevokeFamily(ctx context.Context, family string) (map[string]tim
 	return out, nil
 }
 
+// Families lists the grants (refresh-token families) not yet revoked of a user (by username) or of a client;
+// give one of the two.
+func (s *Store) Families(ctx context.Context, username, clientID string) ([]string, error) {
+	q := s.gdb.WithContext(ctx).Model(&RefreshToken{}).Distinct("family").Where("revoked = 0")
+	if username != "" {
+		q = q.Where("subject = ?", username)
+	}
+	if clientID != "" {
+		q = q.Where("client_id = ?", clientID)
+	}
+	var out []string
+	if err := q.Pluck("family", &out).Error; err != nil {
+		return nil, fmt.Errorf("store: listing grants: %w", err)
+	}
+	return out, nil
+}
+
 // PutLaunch records an EHR launch context.
 func (s *Store) PutLaunch(ctx context.Context, l *Launch) error {
 	return s.gdb.WithContext(ctx).Create(l).Error

@@ -19,6 +19,7 @@ import (
 	"github.com/carta-fhir/carta/auth"
 	"github.com/carta-fhir/carta/fhir"
 	"github.com/carta-fhir/carta/store"
+	"github.com/redis/go-redis/v9"
 )
 
 // multi is a repeatable string flag.
@@ -190,7 +191,11 @@ func clientsCmd(ctx context.Context, args []string, getenv func(string) string, 
 		} else if err != nil {
 			return err
 		}
-		fmt.Fprintf(stdout, "client %s removed\n", *id)
+		n, err := endGrants(ctx, st, getenv, "", *id)
+		if err != nil {
+			return fmt.Errorf("client %s is removed, but ending its grants failed: %w", *id, err)
+		}
+		fmt.Fprintf(stdout, "client %s removed; %s ended (their tokens are refused from now on)\n", *id, grants(n))
 		return nil
 	}
 	return usageErr("clients %s: unknown subcommand (add, list, remove)", args[0])
@@ -305,6 +310,11 @@ func usersCmd(ctx context.Context, args []string, getenv func(string) string, st
 		if _, err := st.Read(ctx, typ, id, nil); err != nil {
 			return fmt.Errorf("%s must exist before a login can be tied to it: %v", fhirUser, err)
 		}
+		if _, err := st.User(ctx, *username); err == nil {
+			return fmt.Errorf("user %q exists already (carta users passwd changes a password)", *username)
+		} else if !errors.Is(err, store.ErrNotFound) {
+			return err
+		}
 		if err := st.PutUser(ctx, &store.User{Username: *username, PasswordHash: hash, FHIRUser: fhirUser}); err != nil {
 			return err
 		}
@@ -349,7 +359,11 @@ func usersCmd(ctx context.Context, args []string, getenv func(string) string, st
 		if err := st.PutUser(ctx, u); err != nil {
 			return err
 		}
-		fmt.Fprintf(stdout, "user %s disabled\n", *username)
+		n, err := endGrants(ctx, st, getenv, *username, "")
+		if err != nil {
+			return fmt.Errorf("user %s is disabled, but ending the apps' access failed: %w", *username, err)
+		}
+		fmt.Fprintf(stdout, "user %s disabled; %s ended (their tokens are refused from now on)\n", *username, grants(n))
 		return nil
 	}
 	return usageErr("users %s: unknown subcommand (add, list, passwd, disable)", args[0])
@@ -396,4 +410,31 @@ func launchCmd(ctx context.Context, args []string, getenv func(string) string, s
 	}
 	fmt.Fprintln(stdout, c.LaunchURI+sep+q)
 	return nil
+}
+
+// endGrants revokes the grants of a user or a client the way the running servers would: revoked access tokens
+// go to the database (servers reload it every two seconds) and, with CARTA_REDIS_URL, to every server at once.
+func endGrants(ctx context.Context, st *store.Store, getenv func(string) string, username, clientID string) (int, error) {
+	var rdb *redis.Client
+	if u := getenv("CARTA_REDIS_URL"); u != "" {
+		opt, err := redis.ParseURL(u)
+		if err != nil {
+			return 0, fmt.Errorf("CARTA_REDIS_URL: %w", err)
+		}
+		rdb = redis.NewClient(opt)
+		defer rdb.Close()
+	}
+	rev, err := store.NewRevocations(ctx, st, rdb)
+	if err != nil {
+		return 0, err
+	}
+	return (&auth.Server{Store: st, Revocations: rev}).EndGrants(ctx, username, clientID)
+}
+
+// grants says how many grants, in words.
+func grants(n int) string {
+	if n == 1 {
+		return "1 grant"
+	}
+	return fmt.Sprintf("%d grants", n)
 }

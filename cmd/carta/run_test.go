@@ -93,8 +93,14 @@ func startWithBanner(t *testing.T, args ...string) (string, func() int, string) 
 
 func runCmd(t *testing.T, args ...string) (string, string, int) {
 	t.Helper()
+	return runCmdIn(t, "", args...)
+}
+
+// runCmdIn runs a carta command with the given standard input.
+func runCmdIn(t *testing.T, stdin string, args ...string) (string, string, int) {
+	t.Helper()
 	var out, errb bytes.Buffer
-	code := run(context.Background(), args, os.Getenv, strings.NewReader(""), &out, &errb)
+	code := run(context.Background(), args, os.Getenv, strings.NewReader(stdin), &out, &errb)
 	return strings.TrimSpace(out.String()), errb.String(), code
 }
 
@@ -518,13 +524,18 @@ func TestSMARTAcrossReplicas(t *testing.T) {
 
 func refusedWithinASecond(t *testing.T, u, tok, what string) {
 	t.Helper()
-	deadline := time.Now().Add(time.Second)
+	refusedWithin(t, time.Second, u, tok, what)
+}
+
+func refusedWithin(t *testing.T, d time.Duration, u, tok, what string) {
+	t.Helper()
+	deadline := time.Now().Add(d)
 	for {
 		if s, _ := get(t, u, tok); s == 401 {
 			return
 		}
 		if time.Now().After(deadline) {
-			t.Fatalf("%s is still accepted a second later", what)
+			t.Fatalf("%s is still accepted %s later", what, d)
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
