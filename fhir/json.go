@@ -20,8 +20,11 @@ type Object struct {
 	Vals []any
 }
 
-// Get returns the value of key, or nil and false when the object has no such member.
+// Get returns the value of key, or nil and false when the object has no such member (or is nil).
 func (o *Object) Get(key string) (any, bool) {
+	if o == nil {
+		return nil, false
+	}
 	for i, k := range o.Keys {
 		if k == key {
 			return o.Vals[i], true
@@ -514,6 +517,9 @@ func Equal(a, b any) bool {
 	switch x := a.(type) {
 	case *Object:
 		y, ok := b.(*Object)
+		if x == nil || y == nil {
+			return ok && x == nil && y == nil || (x == nil && b == nil)
+		}
 		if !ok || len(x.Keys) != len(y.Keys) {
 			return false
 		}

@@ -47,10 +47,8 @@ type Registry struct {
 var customParams = []RawSearchParam{
 	{
 		URL: CanonicalBase + "/SearchParameter/Task-due-date", Code: "due-date", Base: []string{"Task"}, Type: "date",
-		Expression: "Task.restriction.period.end | Task.extension('http://hl7.org/fhir/5.0/StructureDefinition/extension-Task.requestedPeriod').value.ofType(Period).end" +
-			" | Task.extension('" + CanonicalBase + "/StructureDefinition/deadline').extension('extendedDue').value.ofType(date)" +
-			" | Task.extension('" + CanonicalBase + "/StructureDefinition/deadline').extension('initialDue').value.ofType(date)",
-		Description: "The date by which the request must be acted on (restriction.period.end, the requestedPeriod extension or Carta's deadline extension)",
+		Expression:  "Task.restriction.period.end | Task.extension('http://hl7.org/fhir/5.0/StructureDefinition/extension-Task.requestedPeriod').value.ofType(Period).end",
+		Description: "The date by which the request must be acted on, extension included (restriction.period.end, or the R5 requestedPeriod extension where restriction is not allowed)",
 	},
 	{
 		URL: CanonicalBase + "/SearchParameter/Communication-about", Code: "about", Base: []string{"Communication"}, Type: "reference",
