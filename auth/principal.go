@@ -1,6 +1,7 @@
 package auth
 
 import (
+	"context"
 	"fmt"
 	"net/http"
 	"strings"
@@ -108,4 +109,18 @@ func scopeStrings(ss []Scope) []string {
 // String describes the caller for logs.
 func (p *Principal) String() string {
 	return fmt.Sprintf("%s (client %s)", p.Subject, p.ClientID)
+}
+
+type principalKey struct{}
+
+// WithPrincipal returns a context carrying the verified caller, for code below the HTTP layer that applies
+// rules by who asks (the store's write hooks).
+func WithPrincipal(ctx context.Context, p *Principal) context.Context {
+	return context.WithValue(ctx, principalKey{}, p)
+}
+
+// PrincipalFrom returns the caller a context carries, or nil.
+func PrincipalFrom(ctx context.Context) *Principal {
+	p, _ := ctx.Value(principalKey{}).(*Principal)
+	return p
 }

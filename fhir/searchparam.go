@@ -51,6 +51,10 @@ var customParams = []RawSearchParam{
 		Description: "The date by which the request must be acted on, extension included (restriction.period.end, or the R5 requestedPeriod extension where restriction is not allowed)",
 	},
 	{
+		URL: "http://hl7.org/fhir/uv/patient-corrections/SearchParameter/ReasonReference", Code: "reasonreference", Base: []string{"Task"}, Type: "reference",
+		Expression: "Task.reasonReference", Description: "The request a Task answers (a statement of disagreement's original correction request), from the Patient Request for Corrections IG",
+	},
+	{
 		URL: CanonicalBase + "/SearchParameter/Communication-about", Code: "about", Base: []string{"Communication"}, Type: "reference",
 		Expression: "Communication.about", Description: "Resources the communication is about (e.g. the request Task it answers)",
 	},

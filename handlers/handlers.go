@@ -14,6 +14,7 @@ import (
 
 	"github.com/carta-fhir/carta/auth"
 	"github.com/carta-fhir/carta/fhir"
+	"github.com/carta-fhir/carta/fhir/rights"
 	"github.com/carta-fhir/carta/store"
 	"github.com/gin-gonic/gin"
 )
@@ -38,6 +39,8 @@ type Config struct {
 	Version string
 	// Demo serves the demo SMART app at /demo (needs Auth; `carta serve --demo` registers its client).
 	Demo bool
+	// Rights are the patient-rights rules (deadlines, contacts, jurisdiction profiles); nil: HIPAA defaults.
+	Rights *rights.Rules
 }
 
 // Server holds what the handlers need.
@@ -56,6 +59,8 @@ type Server struct {
 	capabilityETag string
 	demo           bool
 	self           http.Handler // the whole handler, for the demo app's own requests
+	rights         *rights.Rules
+	disputes       disputeIndex
 }
 
 // New builds the HTTP handler.
@@ -72,6 +77,16 @@ func New(cfg Config) (http.Handler, error) {
 	}
 	if s.loc == nil {
 		s.loc = time.UTC
+	}
+	s.rights = cfg.Rights
+	if s.rights == nil {
+		s.rights = rights.New(rights.Config{Loc: s.loc})
+	}
+	if s.store != nil {
+		// The rights rules see every write of these types, by any path.
+		for _, typ := range []string{"Task", "Communication", "DocumentReference"} {
+			s.store.SetHook(typ, rightsHook{s})
+		}
 	}
 	capb, err := fhir.CapabilityStatement(fhir.Capabilities{
 		Base: s.base, Software: "Carta", Version: cfg.Version, Date: time.Now(),

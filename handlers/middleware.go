@@ -200,6 +200,7 @@ func (s *Server) authenticate(c *gin.Context) {
 		return
 	}
 	c.Set(keyPrincipal, p)
+	c.Request = c.Request.WithContext(auth.WithPrincipal(c.Request.Context(), p))
 	c.Next()
 }
 

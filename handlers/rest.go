@@ -24,6 +24,7 @@ func (s *Server) read(typ string) gin.HandlerFunc {
 			s.fail(c, err)
 			return
 		}
+		s.linkDisputes(c, st)
 		if notModified(c, st) {
 			return
 		}

@@ -40,6 +40,13 @@ func (s *Server) routes(r *gin.Engine) {
 		t.DELETE("/:id", s.delete(typ))
 		get(t, "/:id/_history", s.history(typ))
 		get(t, "/:id/_history/:vid", s.vread(typ))
+		switch typ {
+		case "Task":
+			t.POST("/:id/:op", s.taskOperation)
+		case "Communication":
+			t.POST("/$correctionrequest", s.correctionRequest)
+			t.POST("/$correction-request", s.correctionRequest)
+		}
 	}
 	r.NoRoute(s.negotiate, s.noRoute)
 	r.NoMethod(s.negotiate, s.noMethod)

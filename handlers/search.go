@@ -68,6 +68,12 @@ func (s *Server) search(typ string) gin.HandlerFunc {
 			s.fail(c, err)
 			return
 		}
+		more, err := s.disputeIncludes(c.Request.Context(), p, page)
+		if err != nil {
+			s.fail(c, err)
+			return
+		}
+		page.Included = append(page.Included, more...)
 		body, err := s.searchBundle(q, page)
 		if err != nil {
 			s.fail(c, err)

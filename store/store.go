@@ -76,6 +76,7 @@ type Store struct {
 	genStmt  *sql.Stmt
 
 	cache     *readCache
+	hooks     map[string]Hook
 	stopWatch context.CancelFunc
 	watchDone chan struct{}
 

@@ -46,6 +46,34 @@ type WriteResult struct {
 	Unchanged bool
 }
 
+// Hook applies the rules of the layer above to every write of one resource type, inside the write's
+// transaction, whatever path the write came by (REST, a Bundle entry, a conditional write, an import).
+type Hook interface {
+	// Write sees a create (cur nil), an update, or a delete (res nil) before it is made. It may refuse it, or
+	// return the resource to write instead of res, and a function to run after the write in the same
+	// transaction (for the writes the rule implies; they should be Trusted).
+	Write(tx *Tx, typ, id string, cur *Stored, res *fhir.Object) (*fhir.Object, func(*Stored) error, error)
+}
+
+// SetHook installs the hook for a resource type. Call it before serving.
+func (s *Store) SetHook(typ string, h Hook) {
+	if s.hooks == nil {
+		s.hooks = map[string]Hook{}
+	}
+	s.hooks[typ] = h
+}
+
+func (t *Tx) hook(trusted bool, typ, id string, cur *Stored, res *fhir.Object) (*fhir.Object, func(*Stored) error, error) {
+	h := t.s.hooks[typ]
+	if h == nil || trusted {
+		return res, nil, nil
+	}
+	return h.Write(t, typ, id, cur, res)
+}
+
+// Context is the context of the request that the transaction serves (its values, without its cancellation).
+func (t *Tx) Context() context.Context { return t.ctx }
+
 // Tx is a unit of work: every write made through it commits or rolls back together. A transaction Bundle is one Tx.
 type Tx struct {
 	s   *Store
@@ -201,6 +229,8 @@ type CreateOptions struct {
 	IfNoneExist *fhir.Query
 	// Method is recorded in history ("POST" unless set).
 	Method string
+	// Trusted writes come from the server's own rules and skip the type's Hook.
+	Trusted bool
 }
 
 // Create stores a new resource (already parsed and validated). With IfNoneExist it returns the one existing match
@@ -226,6 +256,10 @@ func (t *Tx) Create(typ string, res *fhir.Object, opt CreateOptions, acc *fhir.A
 	id := opt.ID
 	if id == "" {
 		id = uuid.NewString()
+	}
+	res, after, err := t.hook(opt.Trusted, typ, id, nil, res)
+	if err != nil {
+		return nil, err
 	}
 	method := opt.Method
 	if method == "" {
@@ -268,6 +302,11 @@ func (t *Tx) Create(typ string, res *fhir.Object, opt CreateOptions, acc *fhir.A
 		}
 		return nil, err
 	}
+	if after != nil {
+		if err := after(st); err != nil {
+			return nil, err
+		}
+	}
 	return &WriteResult{Stored: st, Created: true}, nil
 }
 
@@ -277,6 +316,8 @@ type UpdateOptions struct {
 	IfMatch string
 	// Check, when set, may refuse the change after seeing the current version (e.g. a restricted scope).
 	Check func(cur *Stored) error
+	// Trusted writes come from the server's own rules and skip the type's Hook.
+	Trusted bool
 }
 
 // Update replaces a resource with a new version, or creates it with the client's id when it does not exist
@@ -291,7 +332,7 @@ func (t *Tx) Update(typ, id string, res *fhir.Object, opt UpdateOptions, acc *fh
 		if opt.IfMatch != "" {
 			return nil, fhir.Errorf(http.StatusPreconditionFailed, fhir.IssueConflict, "If-Match: %s/%s does not exist, so no version matches %q", typ, id, opt.IfMatch)
 		}
-		return t.Create(typ, res, CreateOptions{ID: id, Method: http.MethodPut}, acc)
+		return t.Create(typ, res, CreateOptions{ID: id, Method: http.MethodPut, Trusted: opt.Trusted}, acc)
 	}
 	if acc.PatientOnly() != "" && !cur.Deleted && !contains(curPatients, acc.Patient) {
 		return nil, forbiddenWrite(typ)
@@ -303,6 +344,14 @@ func (t *Tx) Update(typ, id string, res *fhir.Object, opt UpdateOptions, acc *fh
 		if err := opt.Check(cur); err != nil {
 			return nil, err
 		}
+	}
+	var hookCur *Stored
+	if !cur.Deleted {
+		hookCur = cur
+	}
+	res, after, err := t.hook(opt.Trusted, typ, id, hookCur, res)
+	if err != nil {
+		return nil, err
 	}
 	if !cur.Deleted && sameContent(cur.Raw, res) {
 		return &WriteResult{Stored: cur, Unchanged: true}, nil
@@ -333,6 +382,11 @@ func (t *Tx) Update(typ, id string, res *fhir.Object, opt UpdateOptions, acc *fh
 	if err := t.writeVersion(st, patients, idx, &batchInsert{}); err != nil {
 		return nil, err
 	}
+	if after != nil {
+		if err := after(st); err != nil {
+			return nil, err
+		}
+	}
 	return &WriteResult{Stored: st, Created: cur.Deleted}, nil
 }
 
@@ -341,6 +395,8 @@ type DeleteOptions struct {
 	IfMatch string
 	// Check, when set, may refuse the deletion after seeing the current version.
 	Check func(cur *Stored) error
+	// Trusted deletes come from the server's own rules and skip the type's Hook.
+	Trusted bool
 }
 
 // Delete marks a resource deleted: reads then answer 410, searches no longer find it, and its history keeps every
@@ -374,6 +430,9 @@ func (t *Tx) Delete(typ, id string, opt DeleteOptions, acc *fhir.Access) (*Write
 		if err := opt.Check(cur); err != nil {
 			return nil, err
 		}
+	}
+	if _, _, err := t.hook(opt.Trusted, typ, id, cur, nil); err != nil {
+		return nil, err
 	}
 	st := &Stored{rid: cur.rid, Type: typ, ID: id, Version: cur.Version + 1, Updated: t.now, Deleted: true, Method: http.MethodDelete}
 	r, err := t.execContext(t.s.d.rebind(`UPDATE resources SET version = ?, updated = ?, deleted = 1, raw = NULL WHERE rid = ? AND version = ?`),

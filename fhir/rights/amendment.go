@@ -394,3 +394,14 @@ func CheckInvariants(task *fhir.Object) error {
 	}
 	return nil
 }
+
+// AskedToDisclose reports whether the patient asked, on an amendment request, that the request and its denial go
+// with future disclosures of the records concerned (164.526(d)(1)(iii)): the extension disclose-with-record = true
+// on the request Task (the requester adds it with a PUT).
+func AskedToDisclose(task *fhir.Object) bool {
+	if e := extension(task, ExtDiscloseDispute); e != nil {
+		v, _ := e.Get("valueBoolean")
+		return v == true
+	}
+	return false
+}

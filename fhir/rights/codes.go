@@ -21,6 +21,7 @@ const (
 	SystemDisputeRole       = base + "/CodeSystem/dispute-role"
 	SystemSecurityLabel     = base + "/CodeSystem/security-label"
 	ExtDeadline             = base + "/StructureDefinition/deadline"
+	ExtDiscloseDispute      = base + "/StructureDefinition/disclose-with-record"
 	ProfileAccessRequest    = base + "/StructureDefinition/access-request"
 	ProfileDenialReview     = base + "/StructureDefinition/denial-review"
 	ProfileAccountingReq    = base + "/StructureDefinition/accounting-request"
@@ -187,7 +188,6 @@ const (
 	InRecipient        = "recipient"
 	InDestination      = "destination"
 	InSignedDirective  = "signed-directive"
-	InDiscloseDispute  = "disclose-with-record"
 )
 
 var accessInputs = []string{InRequestedRecords, InRequestedFormat, InDelivery, InRecipient, InDestination, InSignedDirective}
@@ -233,6 +233,13 @@ const (
 var (
 	LabelPsychotherapy = [2]string{SystemActCode, "PSYTHPN"}
 	LabelLitigation    = [2]string{SystemSecurityLabel, "litigation-compilation"}
+)
+
+// Qualification marks a licensed health care professional on Practitioner.qualification (besides the clinical
+// degrees of HL7 v2 table 0360), for who may decide a review (164.524(a)(4)).
+const (
+	SystemQualification   = base + "/CodeSystem/qualification"
+	QualificationLicensed = "licensed-health-care-professional"
 )
 
 // FlatFeeLimit is the optional flat fee for an electronic copy of electronic records (OCR guidance on

@@ -342,12 +342,12 @@ func TestPatientMayOnlyCancel(t *testing.T) {
 	task := f.file(t, accessTask(t, CodeAccessCopy, ""))
 	moved := fhir.Clone(task).(*fhir.Object)
 	f.setStep(moved, KindAccess, Step{StatusInProgress, BSInReview})
-	_, err := f.Update(task, moved, patient)
+	_, err := f.Update(task, moved, patient, Dispute{})
 	wantRule(t, err, 403, "may only cancel")
 	// An unchanged echo with a new note is fine; the note gets its author.
 	noted := fhir.Clone(task).(*fhir.Object)
 	noted.Set("note", []any{obj("text", "please include the X-ray report")})
-	p, err := f.Update(task, noted, patient)
+	p, err := f.Update(task, noted, patient, Dispute{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -357,18 +357,18 @@ func TestPatientMayOnlyCancel(t *testing.T) {
 	// Someone else's note is not theirs to change.
 	edited := fhir.Clone(p.Task).(*fhir.Object)
 	edited.Set("note", []any{obj("text", "changed")})
-	_, err = f.Update(p.Task, edited, clerk)
+	_, err = f.Update(p.Task, edited, clerk, Dispute{})
 	wantRule(t, err, 403, "only by its author")
 	// Server fields: a change is refused, an echo is fine.
 	changed := fhir.Clone(task).(*fhir.Object)
 	changed.Set("authoredOn", "2026-01-01T00:00:00Z")
-	_, err = f.Update(task, changed, clerk)
+	_, err = f.Update(task, changed, clerk, Dispute{})
 	wantRule(t, err, 422, "authoredOn is set by the server")
 	// Cancel by PUT runs the same rule as $cancel.
 	cancelled := fhir.Clone(task).(*fhir.Object)
 	cancelled.Set("status", "cancelled")
 	cancelled.Delete("businessStatus")
-	p, err = f.Update(task, cancelled, patient)
+	p, err = f.Update(task, cancelled, patient, Dispute{})
 	if err != nil || step(p.Task, KindAccess) != (Step{StatusCancelled, BSCancelled}) {
 		t.Fatalf("cancel by PUT: %v", err)
 	}
@@ -378,22 +378,22 @@ func TestPatientMayOnlyCancel(t *testing.T) {
 	_, err = f.Cancel(task, clerk)
 	wantRule(t, err, 403, "by its requester")
 	// The fulfiller's PUT moves it through its states, but not backwards and not to a made-up state.
-	p, err = f.Update(task, moved, clerk)
+	p, err = f.Update(task, moved, clerk, Dispute{})
 	if err != nil || step(p.Task, KindAccess).Business != BSInReview {
 		t.Fatalf("start review by PUT: %v", err)
 	}
 	back := fhir.Clone(p.Task).(*fhir.Object)
 	f.setStep(back, KindAccess, Step{StatusReady, BSQueued})
-	_, err = f.Update(p.Task, back, clerk)
+	_, err = f.Update(p.Task, back, clerk, Dispute{})
 	wantRule(t, err, 422, "cannot move")
 	// A denial by PUT composes its notice like $deny: the basis is statusReason.text.
 	denied := fhir.Clone(p.Task).(*fhir.Object)
 	f.setStep(denied, KindAccess, Step{StatusCompleted, BSDenied})
 	denied.Set("statusReason", concept(SystemAccessDenial, "endanger-life-safety", ""))
-	_, err = f.Update(p.Task, denied, doctor)
+	_, err = f.Update(p.Task, denied, doctor, Dispute{})
 	wantRule(t, err, 422, "basis")
 	denied.Object("statusReason").Set("text", "risk to life")
-	dp, err := f.Update(p.Task, denied, doctor)
+	dp, err := f.Update(p.Task, denied, doctor, Dispute{})
 	if err != nil || firstOutput(dp.Task, SystemAccessOutput, OutDenialNotice) == nil {
 		t.Fatalf("deny by PUT: %v", err)
 	}
@@ -424,7 +424,7 @@ func TestAmendmentWorkflowRules(t *testing.T) {
 	// Statuses from the IG's prose but not its CodeSystem are refused.
 	bad := fhir.Clone(task).(*fhir.Object)
 	f.setStep(bad, KindAmendment, Step{StatusCompleted, legacyInformRebutt})
-	_, err = f.Update(task, bad, clerk)
+	_, err = f.Update(task, bad, clerk, Dispute{})
 	wantRule(t, err, 422, "never used")
 	// Disagreement before any denial.
 	disagree := parse(t, `{"resourceType":"Communication","status":"completed",

@@ -345,7 +345,6 @@ func (r *Rules) checkInputs(task *fhir.Object, k Kind) error {
 			if in.Object("valueAttachment") == nil {
 				return violation(at, "signed-directive is the patient's signed written request, as an Attachment")
 			}
-		case InDiscloseDispute:
 		default:
 			return fhir.At(http.StatusBadRequest, fhir.IssueCodeInvalid, at+".type", "%q is not an input of %s (%s)", c, SystemAccessInput, strings.Join(accessInputs, ", "))
 		}
@@ -466,8 +465,9 @@ var serverElements = []string{"status", "businessStatus", "statusReason", "outpu
 
 // Update applies the rules to a whole-Task PUT. A change of the status pair is the same action as its
 // operation and runs the same rule (a denial by PUT composes its notice from statusReason and the configured
-// contact, like $deny without parameters). It returns nil for a plain Task.
-func (r *Rules) Update(cur, next *fhir.Object, a Actor) (*Plan, error) {
+// contact, like $deny without parameters; d is what the caller found about the records an amendment request
+// disputes). It returns nil for a plain Task.
+func (r *Rules) Update(cur, next *fhir.Object, a Actor, d Dispute) (*Plan, error) {
 	kc, err := Classify(cur)
 	if err != nil {
 		return nil, err
@@ -521,7 +521,7 @@ func (r *Rules) Update(cur, next *fhir.Object, a Actor) (*Plan, error) {
 			}
 			plan, err = r.Cancel(cur, a)
 		} else {
-			plan, err = r.transitionByPut(cur, next, kc, from, to, a)
+			plan, err = r.transitionByPut(cur, next, kc, to, a, d)
 		}
 		if err != nil {
 			return nil, err
@@ -602,7 +602,7 @@ func noteAuthor(n *fhir.Object) string {
 }
 
 // transitionByPut maps a fulfiller's status change to its action.
-func (r *Rules) transitionByPut(cur, next *fhir.Object, k Kind, from, to Step, a Actor) (*Plan, error) {
+func (r *Rules) transitionByPut(cur, next *fhir.Object, k Kind, to Step, a Actor, d Dispute) (*Plan, error) {
 	if err := checkPair(k, to); err != nil {
 		return nil, err
 	}
@@ -631,7 +631,7 @@ func (r *Rules) transitionByPut(cur, next *fhir.Object, k Kind, from, to Step, a
 				return nil, violation("Task.output", "partially-fulfilled delivers part of the records: give the delivered outputs")
 			}
 		}
-		return r.Deny(cur, a, p, Dispute{})
+		return r.Deny(cur, a, p, d)
 	case BSCancelled:
 		return nil, forbidden("a request is cancelled by its requester only")
 	case BSAmended:
