@@ -198,3 +198,126 @@ func obj(t *testing.T, s string) *fhir.Object {
 	}
 	return v.(*fhir.Object)
 }
+
+func correctionBundle(category, extra string) string {
+	return `{"resourceType":"Bundle","type":"collection","entry":[{"resource":{"resourceType":"Communication","status":"completed",
+		"category":[{"coding":[{"system":"` + rights.SystemCorrectionComm + `","code":"` + category + `"}]}],
+		"subject":{"reference":"Patient/p1"}` + extra + `}}]}`
+}
+
+// TestAmendmentWorkflow is the right to amend end to end over HTTP: file by $correctionrequest → in-review →
+// deny → disagree → rebut → a practitioner's search for the disputed record returns the request, the denial, the
+// statement and the rebuttal with it; then a second request accepted → the amended document replaces the
+// original (now superseded), with Provenance, and the person the patient named is notified.
+func TestAmendmentWorkflow(t *testing.T) {
+	for _, b := range storetest.Backends(t) {
+		t.Run(b.Name, func(t *testing.T) {
+			re := newRightsEnv(t, b)
+			e := re.env
+			// Not someone else's record.
+			rule(t, e.do("POST", "/Communication/$correctionrequest", re.pat, correctionBundle("medRecCxReq",
+				`,"payload":[{"contentString":"wrong"},{"contentReference":{"reference":"DocumentReference/d9"}}]`)), 422, "not one of your records")
+			r := e.must(201, "POST", "/Communication/$correctionrequest", re.pat, correctionBundle("medRecCxReq",
+				`,"payload":[{"contentString":"My allergy is to sulfa, not penicillin."},{"contentReference":{"reference":"DocumentReference/d1"}}]`))
+			var out struct {
+				Type  string
+				Entry []struct{ Resource map[string]any }
+			}
+			json.Unmarshal(r.body, &out)
+			if out.Type != "collection" || len(out.Entry) != 2 || out.Entry[1].Resource["resourceType"] != "Task" {
+				t.Fatalf("$correctionrequest answers with the Communication and its Task: %s", r.body)
+			}
+			id := out.Entry[1].Resource["id"].(string)
+			commID := out.Entry[0].Resource["id"].(string)
+			task := "/Task/" + id
+			r = e.must(200, "GET", task, re.clerk, "")
+			if str(t, r, "businessStatus", "coding", "0", "code") != "queued" || str(t, r, "input", "0", "valueReference", "reference") != "Communication/"+commID ||
+				str(t, r, "extension", "1", "valuePeriod", "end") != "2026-05-01" || str(t, r, "focus", "reference") != "DocumentReference/d1" {
+				t.Fatalf("the amendment Task (60-day due date in requestedPeriod): %s", r.body)
+			}
+			if c := e.must(200, "GET", "/Communication/"+commID, re.pat, ""); str(t, c, "about", "0", "reference") != "Task/"+id {
+				t.Fatalf("the Communication points at its Task: %s", c.body)
+			}
+			// A disagreement before any denial.
+			rule(t, e.do("POST", "/Communication/$correctionrequest", re.pat, correctionBundle("medRecCxDenialDisagree",
+				`,"about":[{"reference":"Task/`+id+`"}],"payload":[{"contentString":"I disagree"}]`)), 422, "needs a prior denial")
+			// In review, then denied.
+			cur := r.json(t)
+			cur.Set("status", "in-progress")
+			cur.Set("businessStatus", obj(t, `{"coding":[{"system":"`+rights.SystemCorrectionStatus+`","code":"in-review"}]}`))
+			e.must(200, "PUT", task, re.clerk, string(fhir.AppendJSON(nil, cur)))
+			r = e.must(200, "POST", task+"/$deny", re.denier, params("ground", "accurate-and-complete", "basis", "the allergy was confirmed by a skin test"))
+			if str(t, r, "businessStatus", "coding", "0", "code") != "denied" || str(t, r, "output", "0", "type", "coding", "0", "code") != "medRecCxReqResolution" {
+				t.Fatalf("denied: %s", r.body)
+			}
+			// The patient disagrees; the records office rebuts.
+			r = e.must(201, "POST", "/Communication/$correctionrequest", re.pat, correctionBundle("medRecCxDenialDisagree",
+				`,"about":[{"reference":"Task/`+id+`"}],"payload":[{"contentString":"I disagree: the skin test was for another drug."}]`))
+			json.Unmarshal(r.body, &out)
+			disagreement := "/Task/" + out.Entry[1].Resource["id"].(string)
+			if out.Entry[1].Resource["reasonReference"].(map[string]any)["reference"] != "Task/"+id {
+				t.Fatalf("disagreement Task: %s", r.body)
+			}
+			rule(t, e.do("POST", "/Communication/$correctionrequest", re.pat, correctionBundle("medRecCxDenialDisagree",
+				`,"about":[{"reference":"Task/`+id+`"}],"payload":[{"contentString":"again"}]`)), 422, "already filed")
+			e.must(200, "POST", disagreement+"/$rebut", re.clerk, params("text", "The skin test of 2019 was for penicillin; the result stands."))
+			if r := e.must(200, "GET", task, re.pat, ""); str(t, r, "businessStatus", "coding", "0", "code") != "completed" {
+				t.Fatalf("original request after the rebuttal: %s", r.body)
+			}
+			// The dispute stays with the record: a practitioner's search returns all four documents with it, a read
+			// points to them, and relatesto finds them.
+			r = e.must(200, "GET", "/DocumentReference?_id=d1", re.clerk, "")
+			inc := bundleIDs(t, r, "include")
+			if len(inc) != 4 {
+				t.Fatalf("the disputed record's search includes request, denial, statement, rebuttal: %v\n%s", inc, r.body)
+			}
+			roles := ""
+			for _, d := range inc {
+				roles += " " + str(t, e.must(200, "GET", "/"+d, re.clerk, ""), "meta", "tag", "0", "code")
+			}
+			for _, role := range []string{rights.DisputeRequest, rights.DisputeDenial, rights.DisputeDisagreement, rights.DisputeRebuttal} {
+				if !strings.Contains(roles, role) {
+					t.Errorf("no %s among the included documents (%s)", role, roles)
+				}
+			}
+			if l := e.must(200, "GET", "/DocumentReference/d1", re.pat, "").header.Get("Link"); !strings.Contains(l, "relatesto=DocumentReference%2Fd1") {
+				t.Errorf("a read of the disputed record links to its dispute: %q", l)
+			}
+			if n := len(bundleIDs(t, e.must(200, "GET", "/DocumentReference?relatesto=DocumentReference/d1", re.pat, ""), "match")); n != 4 {
+				t.Errorf("relatesto finds %d dispute documents, want 4", n)
+			}
+			// A backend system's search is a disclosure: with a statement of disagreement on file, all of it goes.
+			if n := len(bundleIDs(t, e.must(200, "GET", "/DocumentReference?_id=d1", re.sys, ""), "include")); n != 4 {
+				t.Errorf("a disclosure carries %d dispute documents, want 4", n)
+			}
+			// The dispute documents and letters are kept as they are.
+			rule(t, e.do("DELETE", "/"+inc[0], re.sys, ""), 422, "never deleted")
+
+			// A second request, accepted: the amended document replaces the original.
+			r = e.must(201, "POST", "/Communication/$correctionrequest", re.pat, correctionBundle("medRecCxReq",
+				`,"payload":[{"contentString":"My weight is 80 kg, not 90."},{"contentReference":{"reference":"DocumentReference/d2"}}]`))
+			json.Unmarshal(r.body, &out)
+			task2 := "/Task/" + out.Entry[1].Resource["id"].(string)
+			rule(t, e.do("POST", task2+"/$accept", re.pat, params("mode", "replaces")), 403, "records office")
+			r = e.must(200, "POST", task2+"/$accept", re.clerk, params("mode", "replaces",
+				"amended", `{"resource":{"resourceType":"DocumentReference","status":"current","content":[{"attachment":{"contentType":"text/plain","data":"V2VpZ2h0OiA4MCBrZw=="}}]}}`,
+				"notify", `{"valueReference":{"reference":"Practitioner/clerk"}}`))
+			if str(t, r, "status") != "completed" || str(t, r, "businessStatus", "coding", "0", "code") != "amendment-completed" {
+				t.Fatalf("accepted: %s", r.body)
+			}
+			if d2 := e.must(200, "GET", "/DocumentReference/d2", re.pat, ""); str(t, d2, "status") != "superseded" {
+				t.Fatalf("the original is superseded: %s", d2.body)
+			}
+			amended := bundleIDs(t, e.must(200, "GET", "/DocumentReference?relatesto=DocumentReference/d2&relation=replaces", re.pat, ""), "match")
+			if len(amended) != 1 || str(t, e.must(200, "GET", "/"+amended[0], re.pat, ""), "docStatus") != "amended" {
+				t.Fatalf("the amended document: %v", amended)
+			}
+			if n := len(bundleIDs(t, e.must(200, "GET", "/Provenance?target="+amended[0], re.clerk, ""), "match")); n != 1 {
+				t.Errorf("Provenance of the amendment: %d", n)
+			}
+			if n := len(bundleIDs(t, e.must(200, "GET", "/Communication?recipient=Practitioner/clerk", re.clerk, ""), "match")); n != 1 {
+				t.Errorf("the named person is notified: %d", n)
+			}
+		})
+	}
+}

@@ -173,11 +173,12 @@ func (r *Rules) Disagree(c, denied *fhir.Object, a Actor, d Dispute, already boo
 	if err := ensureParty(denied, a); err != nil {
 		return nil, err
 	}
-	if kindOf(denied) != KindAmendment || step(denied, KindAmendment).Business != BSDenied {
-		return nil, violation("Communication.about", "a statement of disagreement needs a prior denial of an amendment request; Task/%s is %s", denied.String("id"), step(denied, kindOf(denied)).Business)
-	}
-	if already {
+	bs := step(denied, kindOf(denied)).Business
+	if already || (kindOf(denied) == KindAmendment && (bs == BSDisagreement || bs == BSCompleted)) {
 		return nil, violation("Communication", "a statement of disagreement with this denial was already filed")
+	}
+	if kindOf(denied) != KindAmendment || bs != BSDenied {
+		return nil, violation("Communication.about", "a statement of disagreement needs a prior denial of an amendment request; Task/%s is %s", denied.String("id"), bs)
 	}
 	statement := Text(c)
 	if strings.TrimSpace(statement) == "" {
