@@ -539,7 +539,9 @@ func (l txLookup) find(typ string, vals map[string][]string) ([]*store.Stored, e
 	return l.s.searchIn(l.tx, typ, vals)
 }
 
-func (l txLookup) get(reference string) (*fhir.Object, error) { return l.s.readTrusted(l.tx, reference) }
+func (l txLookup) get(reference string) (*fhir.Object, error) {
+	return l.s.readTrusted(l.tx, reference)
+}
 
 type storeLookup struct {
 	s   *Server
