@@ -107,3 +107,47 @@ func (a *Access) Visible(typ string) bool {
 	}
 	return Shared(typ) || InCompartment(typ)
 }
+
+// Restricted security labels: a resource carrying one is never shown to a patient-confined token, by any path
+// (psychotherapy notes, 45 CFR 164.524(a)(1)(i); information compiled for a legal proceeding, (a)(1)(ii)).
+var RestrictedLabels = [][2]string{
+	{"http://terminology.hl7.org/CodeSystem/v3-ActCode", "PSYTHPN"},
+	{CanonicalBase + "/CodeSystem/security-label", "litigation-compilation"},
+}
+
+// RestrictedPrefix marks, in the compartment the store records, the patient of a restricted resource: the
+// resource belongs to "restricted:<id>" instead of "<id>", so that no patient-confined access ever matches it.
+const RestrictedPrefix = "restricted:"
+
+// Restricted reports whether a resource carries a restricted security label in meta.security or, for a
+// DocumentReference, in securityLabel.
+func Restricted(o *Object) bool {
+	check := func(c *Object) bool {
+		for _, l := range RestrictedLabels {
+			if c.String("system") == l[0] && c.String("code") == l[1] {
+				return true
+			}
+		}
+		return false
+	}
+	for _, v := range arrayOf(o.Object("meta"), "security") {
+		if c, ok := v.(*Object); ok && check(c) {
+			return true
+		}
+	}
+	for _, v := range arrayOf(o, "securityLabel") {
+		cc, _ := v.(*Object)
+		for _, x := range arrayOf(cc, "coding") {
+			if c, ok := x.(*Object); ok && check(c) {
+				return true
+			}
+		}
+	}
+	return false
+}
+
+func arrayOf(o *Object, key string) []any {
+	v, _ := o.Get(key)
+	a, _ := v.([]any)
+	return a
+}

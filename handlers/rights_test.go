@@ -321,3 +321,74 @@ func TestAmendmentWorkflow(t *testing.T) {
 		})
 	}
 }
+
+// TestEverythingAndRestrictedRecords: Patient/$everything returns the patient's compartment with the shared
+// resources it points to, pages, filters by _type and _since; psychotherapy notes never reach a patient token by
+// any path (rights.md §8), while the provider's staff see them.
+func TestEverythingAndRestrictedRecords(t *testing.T) {
+	each(t, func(t *testing.T, e *env) {
+		sys := e.system()
+		for _, r := range []string{
+			`{"resourceType":"Patient","id":"p1"}`,
+			`{"resourceType":"Patient","id":"p2"}`,
+			`{"resourceType":"Practitioner","id":"doc"}`,
+			`{"resourceType":"Observation","id":"o1","status":"final","code":{"text":"weight"},"subject":{"reference":"Patient/p1"},"performer":[{"reference":"Practitioner/doc"}]}`,
+			`{"resourceType":"Observation","id":"o2","status":"final","code":{"text":"height"},"subject":{"reference":"Patient/p1"}}`,
+			`{"resourceType":"Observation","id":"o9","status":"final","code":{"text":"weight"},"subject":{"reference":"Patient/p2"}}`,
+			`{"resourceType":"DocumentReference","id":"psy","status":"current","subject":{"reference":"Patient/p1"},
+				"securityLabel":[{"coding":[{"system":"http://terminology.hl7.org/CodeSystem/v3-ActCode","code":"PSYTHPN"}]}],
+				"content":[{"attachment":{"contentType":"text/plain","data":"bm90ZXM="}}]}`,
+			`{"resourceType":"Observation","id":"lit","status":"final","code":{"text":"x"},"subject":{"reference":"Patient/p1"},
+				"meta":{"security":[{"system":"` + fhir.CanonicalBase + `/CodeSystem/security-label","code":"litigation-compilation"}]}}`,
+		} {
+			var o struct{ ResourceType, ID string }
+			json.Unmarshal([]byte(r), &o)
+			e.must(201, "PUT", "/"+o.ResourceType+"/"+o.ID, sys, r)
+		}
+		pat := e.patient("p1", "patient/*.rs")
+		r := e.must(200, "GET", "/Patient/p1/$everything", pat, "")
+		got := bundleIDs(t, r, "match")
+		if strings.Join(got, " ") != "Patient/p1 Observation/o1 Observation/o2" {
+			t.Errorf("the patient's everything: %v", got)
+		}
+		if inc := bundleIDs(t, r, "include"); strings.Join(inc, " ") != "Practitioner/doc" {
+			t.Errorf("shared resources it points to: %v", inc)
+		}
+		// The restricted records by every other path too.
+		e.must(404, "GET", "/DocumentReference/psy", pat, "")
+		e.must(404, "GET", "/Observation/lit", pat, "")
+		e.must(404, "GET", "/DocumentReference/psy/_history", pat, "")
+		if ids := bundleIDs(t, e.must(200, "GET", "/DocumentReference?patient=p1", pat, ""), ""); len(ids) != 0 {
+			t.Errorf("a patient's search found restricted records: %v", ids)
+		}
+		if ids := bundleIDs(t, e.must(200, "GET", "/Patient?_id=p1&_revinclude=DocumentReference:subject&_revinclude=Observation:subject", pat, ""), ""); strings.Contains(strings.Join(ids, " "), "psy") || strings.Contains(strings.Join(ids, " "), "lit") {
+			t.Errorf("a patient's _revinclude found restricted records: %v", ids)
+		}
+		// The provider's staff see them.
+		doc := e.tok(auth.Grant{Subject: "doc", FHIRUser: "Practitioner/doc", Scope: "user/*.rs"})
+		if got := bundleIDs(t, e.must(200, "GET", "/Patient/p1/$everything", doc, ""), "match"); len(got) != 5 {
+			t.Errorf("staff see all five of the patient's records: %v", got)
+		}
+		e.must(200, "GET", "/DocumentReference/psy", doc, "")
+		// Another patient's everything; paging; _type; _since; unknown parameters.
+		e.must(404, "GET", "/Patient/p2/$everything", pat, "")
+		r = e.must(200, "GET", "/Patient/p1/$everything?_count=2", pat, "")
+		next := link(t, r, "next")
+		if len(bundleIDs(t, r, "match")) != 2 || next == "" {
+			t.Fatalf("first page of two: %s", r.body)
+		}
+		if got := bundleIDs(t, e.must(200, "GET", next, pat, ""), "match"); strings.Join(got, " ") != "Observation/o2" {
+			t.Errorf("second page: %v", got)
+		}
+		if got := bundleIDs(t, e.must(200, "GET", "/Patient/p1/$everything?_type=Observation", pat, ""), "match"); len(got) != 2 {
+			t.Errorf("_type=Observation: %v", got)
+		}
+		if got := bundleIDs(t, e.must(200, "GET", "/Patient/p1/$everything?_since=2999-01-01T00:00:00Z", pat, ""), "match"); len(got) != 0 {
+			t.Errorf("_since in the future: %v", got)
+		}
+		d, _ := outcome(t, e.must(400, "GET", "/Patient/p1/$everything?start=2020", pat, ""))
+		if !strings.Contains(d, "takes _type, _since, _count") {
+			t.Errorf("unknown parameter: %s", d)
+		}
+	})
+}

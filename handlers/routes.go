@@ -41,6 +41,8 @@ func (s *Server) routes(r *gin.Engine) {
 		get(t, "/:id/_history", s.history(typ))
 		get(t, "/:id/_history/:vid", s.vread(typ))
 		switch typ {
+		case "Patient":
+			get(t, "/:id/$everything", s.everything)
 		case "Task":
 			t.POST("/:id/:op", s.taskOperation)
 		case "Communication":

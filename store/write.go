@@ -802,8 +802,12 @@ func (t *Tx) patientsOf(typ, id string, res *fhir.Object, idx *fhir.Index) ([]st
 			}
 		}
 	}
+	restricted := fhir.Restricted(res)
 	out := make([]string, 0, len(set))
 	for p := range set {
+		if restricted && !strings.HasPrefix(p, fhir.RestrictedPrefix) {
+			p = fhir.RestrictedPrefix + p
+		}
 		out = append(out, p)
 	}
 	sort.Strings(out)

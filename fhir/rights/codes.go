@@ -229,12 +229,6 @@ const (
 	DisputeRebuttal     = "rebuttal"
 )
 
-// Restricted security labels: never through the patient API (rights.md §8).
-var (
-	LabelPsychotherapy = [2]string{SystemActCode, "PSYTHPN"}
-	LabelLitigation    = [2]string{SystemSecurityLabel, "litigation-compilation"}
-)
-
 // Qualification marks a licensed health care professional on Practitioner.qualification (besides the clinical
 // degrees of HL7 v2 table 0360), for who may decide a review (164.524(a)(4)).
 const (
