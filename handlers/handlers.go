@@ -10,6 +10,7 @@ import (
 	"log/slog"
 	"net/http"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/carta-fhir/carta/auth"
@@ -61,6 +62,8 @@ type Server struct {
 	self           http.Handler // the whole handler, for the demo app's own requests
 	rights         *rights.Rules
 	disputes       disputeIndex
+	metricsOnce    sync.Once
+	metricsHandler http.Handler
 }
 
 // New builds the HTTP handler.

@@ -392,3 +392,38 @@ func TestEverythingAndRestrictedRecords(t *testing.T) {
 		}
 	})
 }
+
+// TestOverdueDeadlinesAndMetrics: open requests past due are found by the due-date search, by Overdue (carta
+// overdue) and in the metric; the rules in force are visible to clients.
+func TestOverdueDeadlinesAndMetrics(t *testing.T) {
+	re := newRightsEnv(t, storetest.Backends(t)[0])
+	e := re.env
+	file := func(code string) string {
+		r := e.must(201, "POST", "/Task", re.pat, `{"resourceType":"Task","status":"draft","intent":"order",
+			"code":{"coding":[{"system":"`+rights.SystemRequestType+`","code":"`+code+`"}]},"for":{"reference":"Patient/p1"}}`)
+		return str(t, r, "id")
+	}
+	late := file("access-copy")
+	done := file("access-inspect")
+	e.must(200, "POST", "/Task/"+done+"/$redirect", re.clerk, params("where", "Springfield General, records department"))
+	re.now = re.now.AddDate(0, 0, 31) // 2 April: the 1 April due date has passed
+	today := rights.DateOf(re.now, time.UTC).String()
+	ids := bundleIDs(t, e.must(200, "GET", "/Task?due-date=lt"+today+"&status=ready,in-progress", re.clerk, ""), "match")
+	if strings.Join(ids, " ") != "Task/"+late {
+		t.Fatalf("overdue by search: %v", ids)
+	}
+	list, err := handlers.Overdue(t.Context(), e.store, rights.DateOf(re.now, time.UTC))
+	if err != nil || len(list) != 1 || list[0].Task != "Task/"+late || list[0].DaysLate != 1 || list[0].Type != "access-copy" || list[0].Due != "2026-04-01" {
+		t.Fatalf("Overdue: %+v %v", list, err)
+	}
+	m := e.must(200, "GET", e.srv.URL+"/metrics", "", "")
+	if !strings.Contains(string(m.body), `carta_rights_overdue_requests{type="access-copy"} 1`) || !strings.Contains(string(m.body), `carta_rights_overdue_requests{type="access-inspect"} 0`) {
+		t.Errorf("metrics:\n%s", m.body)
+	}
+	d := e.must(200, "GET", "/Task/$deadlines", re.pat, "")
+	for _, want := range []string{`"HIPAA"`, `"access-copy"`, `"calendar-days"`, `"medRecCxReq"`} {
+		if !strings.Contains(string(d.body), want) {
+			t.Errorf("$deadlines lacks %s: %s", want, d.body)
+		}
+	}
+}

@@ -11,6 +11,7 @@ import (
 // type-specific operations can sit beside them and unknown types fall through to a clear 404.
 func (s *Server) routes(r *gin.Engine) {
 	r.GET("/healthz", s.healthz)
+	r.GET("/metrics", s.metrics)
 	r.GET("/readyz", s.readyz)
 	r.GET("/.well-known/jwks.json", s.jwks)
 	r.GET("/fhir/.well-known/jwks.json", s.jwks)
@@ -45,6 +46,7 @@ func (s *Server) routes(r *gin.Engine) {
 			get(t, "/:id/$everything", s.everything)
 		case "Task":
 			t.POST("/:id/:op", s.taskOperation)
+			get(t, "/$deadlines", s.deadlines)
 		case "Communication":
 			t.POST("/$correctionrequest", s.correctionRequest)
 			t.POST("/$correction-request", s.correctionRequest)

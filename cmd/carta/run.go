@@ -44,10 +44,12 @@ Usage:
   carta users add --username U --password P|- (--patient ID|--practitioner ID|--related-person ID)
   carta users list | passwd --username U --password P|- | disable --username U  manage logins
   carta launch --client ID --patient ID [--user Practitioner/ID]               print an EHR launch URL
+  carta overdue [--json]                                                       list open patient-rights requests past due
   carta version                                                                print the version
 
 Environment: CARTA_ADDR, CARTA_DATA_DIR, CARTA_DATABASE_URL (postgres://...), CARTA_REDIS_URL, CARTA_BASE_URL,
-CARTA_LOG_LEVEL (debug, info, warn, error). Flags win over the environment.
+CARTA_LOG_LEVEL (debug, info, warn, error), CARTA_JURISDICTIONS, CARTA_CONTACT_NAME, CARTA_CONTACT_PHONE …
+(carta serve --help lists them all). Flags win over the environment.
 `
 
 // errUsage marks a command-line mistake (exit status 2).
@@ -80,6 +82,8 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdin i
 		err = usersCmd(ctx, args[1:], getenv, stdin, stdout, stderr)
 	case "launch":
 		err = launchCmd(ctx, args[1:], getenv, stdout, stderr)
+	case "overdue":
+		err = overdueCmd(ctx, args[1:], getenv, stdout, stderr)
 	case "version", "--version", "-v":
 		fmt.Fprintln(stdout, "carta", carta())
 		return 0

@@ -29,6 +29,7 @@ type serveConfig struct {
 	maxBody                              int64
 	loc                                  *time.Location
 	syncFull, demo                       bool
+	rights                               *rightsFlags
 }
 
 func parseServe(args []string, getenv func(string) string, stderr io.Writer) (*serveConfig, error) {
@@ -43,6 +44,7 @@ func parseServe(args []string, getenv func(string) string, stderr io.Writer) (*s
 	sync := fs.String("sqlite-sync", envOr(getenv, "CARTA_SQLITE_SYNC", "normal"), "SQLite durability: normal (survives a crash of the server) or full (also survives power loss)")
 	fs.StringVar(&cfg.tlsCert, "tls-cert", getenv("CARTA_TLS_CERT"), "PEM certificate (chain) file: serve HTTPS")
 	fs.StringVar(&cfg.tlsKey, "tls-key", getenv("CARTA_TLS_KEY"), "PEM private key file of --tls-cert")
+	cfg.rights = addRightsFlags(fs, getenv)
 	fs.BoolVar(&cfg.demo, "demo", false, "load demo records, demo logins (fresh passwords printed at start) and the demo app at /demo")
 	if err := fs.Parse(args); err != nil {
 		return nil, err
@@ -157,11 +159,19 @@ func serve(ctx context.Context, args []string, getenv func(string) string, stdou
 		state = store.NewRedisState(rdb)
 	}
 	issuer := &auth.Issuer{Keys: keys, Issuer: base, Audience: fhirBase}
+	if cfg.demo && cfg.rights.contactName == "" && cfg.rights.contactPhone == "" {
+		cfg.rights.contactName, cfg.rights.contactPhone = "Privacy Officer, Carta Demo Clinic", "+1 555 0100"
+	}
+	rules, jurisdictions, err := cfg.rights.rules(cfg.loc)
+	if err != nil {
+		return err
+	}
 	h, err := handlers.New(handlers.Config{
 		Store: st, Keys: keys, BaseURL: base, Logger: log, MaxBody: cfg.maxBody, Loc: cfg.loc, Version: carta(),
 		Verifier: &auth.Verifier{Keys: keys, Issuer: base, Audience: fhirBase, Revoked: revocations},
 		Auth:     &auth.Server{Store: st, State: state, Issuer: issuer, Revocations: revocations, BaseURL: base},
 		Demo:     cfg.demo,
+		Rights:   rules,
 	})
 	if err != nil {
 		return err
@@ -194,7 +204,7 @@ func serve(ctx context.Context, args []string, getenv func(string) string, stdou
 	if rdb != nil {
 		backend += " + Redis"
 	}
-	log.Info("serving", "fhir_base", fhirBase, "store", backend, "version", carta())
+	log.Info("serving", "fhir_base", fhirBase, "store", backend, "version", carta(), "jurisdictions", strings.Join(jurisdictions, ","))
 	var banner strings.Builder
 	fmt.Fprintf(&banner, `Carta %s is serving FHIR R4 at %s (%s)
 

@@ -738,3 +738,12 @@ func (r *Rules) Cancel(cur *fhir.Object, a Actor) (*Plan, error) {
 	r.finish(t)
 	return &Plan{Task: t, Message: fmt.Sprintf("%s cancelled", k)}, nil
 }
+
+// Summary is a request Task in a few words (for lists of overdue requests).
+type Summary struct{ Type, Patient, Status, Due string }
+
+// Describe summarizes a request Task: its request code, patient, business status and due date.
+func Describe(task *fhir.Object) Summary {
+	k := kindOf(task)
+	return Summary{Type: requestCode(task), Patient: refOf(task, "for"), Status: step(task, k).Business, Due: dueOf(task)}
+}
