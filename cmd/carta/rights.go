@@ -19,7 +19,7 @@ import (
 // and which jurisdiction profiles are in force.
 type rightsFlags struct {
 	jurisdictions, owner, ownerName, contactName, contactPhone, complaint, reviewHowTo, disagreeHowTo, configFile string
-	statementMaxWords                                                                                          int
+	statementMaxWords                                                                                             int
 }
 
 func addRightsFlags(fs *flag.FlagSet, getenv func(string) string) *rightsFlags {
