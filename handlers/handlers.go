@@ -95,6 +95,12 @@ func New(cfg Config) (http.Handler, error) {
 		Base: s.base, Software: "Carta", Version: cfg.Version, Date: time.Now(),
 		Description: "FHIR R4 server for patient access and patient rights (45 CFR 164.524, 164.526)",
 		Security:    s.security(),
+		Profiles: map[string][]string{
+			"Task":          {rights.ProfileAccessRequest, rights.ProfileDenialReview, rights.ProfileAccountingReq, rights.ProfileCorrectionTask},
+			"Communication": {rights.ProfileCorrectionComm},
+			"Bundle":        {rights.ProfileCorrectionBndl},
+		},
+		Operations: rightsOperations(),
 	})
 	if err != nil {
 		return nil, fmt.Errorf("handlers: building the CapabilityStatement: %w", err)

@@ -12,6 +12,7 @@ import (
 	"github.com/carta-fhir/carta/fhir/rights"
 	"github.com/carta-fhir/carta/store"
 	"github.com/gin-gonic/gin"
+	r4 "github.com/samply/golang-fhir-models/fhir-models/fhir"
 )
 
 // actorOf is the rights role of a caller: a patient-confined token without a practitioner behind it is the
@@ -335,38 +336,29 @@ func (p opParams) resource(name string) *fhir.Object {
 	return nil
 }
 
-// taskOps are the instance operations on request Tasks, with their parameters and the scope letter they need.
-var taskOps = map[string]struct {
-	params []string
-	perm   byte
-}{
-	"$cancel":         {nil, auth.PermUpdate},
-	"$extend":         {[]string{"reason", "due"}, auth.PermUpdate},
-	"$fee-estimate":   {[]string{"amount", "basis", "labor", "supplies", "postage"}, auth.PermUpdate},
-	"$fulfil":         {[]string{"delivered"}, auth.PermUpdate},
-	"$redirect":       {[]string{"where"}, auth.PermUpdate},
-	"$deny":           {[]string{"ground", "basis", "review-rights", "disagree-how-to", "contact-name", "contact-phone", "complaint", "delivered"}, auth.PermUpdate},
-	"$request-review": {nil, auth.PermCreate},
-	"$decide-review":  {[]string{"outcome", "rationale"}, auth.PermUpdate},
-	"$accept":         {[]string{"amended", "original", "mode", "notify", "explanation"}, auth.PermUpdate},
-	"$rebut":          {[]string{"text"}, auth.PermUpdate},
+// taskOpPerm is the scope letter each Task operation needs: $request-review creates a Task, the others change one.
+func taskOpPerm(code string) byte {
+	if code == "request-review" {
+		return auth.PermCreate
+	}
+	return auth.PermUpdate
 }
 
 // taskOperation runs POST /fhir/Task/{id}/${op}: load the Task and what the rule needs, apply the rule, write
 // its plan, all in one transaction, and answer with the Task (201 when the operation created one).
 func (s *Server) taskOperation(c *gin.Context) {
 	op, id := c.Param("op"), c.Param("id")
-	spec, ok := taskOps[op]
-	if !ok {
-		s.fail(c, fhir.Errorf(http.StatusNotFound, fhir.IssueNotSupported, "Task has no operation %q (%s)", op, strings.Join(taskOpNames(), ", ")))
+	spec, ok := rights.OperationByCode("Task", strings.TrimPrefix(op, "$"))
+	if !ok || !strings.HasPrefix(op, "$") || !spec.Instance {
+		s.fail(c, fhir.Errorf(http.StatusNotFound, fhir.IssueNotSupported, "Task has no instance operation %q (%s)", op, strings.Join(taskOpNames(), ", ")))
 		return
 	}
 	p := principal(c)
-	if _, err := p.Require("Task", spec.perm); err != nil {
+	if _, err := p.Require("Task", taskOpPerm(spec.Code)); err != nil {
 		s.fail(c, err)
 		return
 	}
-	params, err := s.readParameters(c, op, spec.params...)
+	params, err := s.readParameters(c, op, spec.ParamNames()...)
 	if err != nil {
 		s.fail(c, err)
 		return
@@ -428,8 +420,10 @@ func (s *Server) taskOperation(c *gin.Context) {
 
 func taskOpNames() []string {
 	var out []string
-	for k := range taskOps {
-		out = append(out, k)
+	for _, o := range rights.Operations {
+		if o.Resource == "Task" && o.Instance {
+			out = append(out, "$"+o.Code)
+		}
 	}
 	return out
 }
@@ -905,4 +899,37 @@ func (s *Server) readOwn(tx *store.Tx, reference string, p *auth.Principal) (*fh
 		return nil, err
 	}
 	return fhir.ParseResource(st.Raw, typ)
+}
+
+// rightsOperations declares the rights operations for the CapabilityStatement, each with its OperationDefinition.
+func rightsOperations() map[string][]r4.CapabilityStatementRestResourceOperation {
+	out := map[string][]r4.CapabilityStatementRestResourceOperation{}
+	for _, o := range rights.Operations {
+		doc := o.Doc
+		out[o.Resource] = append(out[o.Resource], r4.CapabilityStatementRestResourceOperation{Name: o.Code, Definition: o.Canonical(), Documentation: &doc})
+	}
+	return out
+}
+
+// InstallDefinitions writes the rights workflow's OperationDefinitions and CodeSystems into the store (when they
+// differ from what is there), so clients can read them at /fhir/OperationDefinition/{id} and
+// /fhir/CodeSystem/{id}. carta serve calls it at start.
+func InstallDefinitions(ctx context.Context, st *store.Store) error {
+	var defs []*fhir.Object
+	for _, o := range rights.Operations {
+		defs = append(defs, o.OperationDefinition())
+	}
+	defs = append(defs, rights.CodeSystems()...)
+	return st.InTx(ctx, func(tx *store.Tx) error {
+		for _, d := range defs {
+			typ := d.String("resourceType")
+			if err := checkServerResource(typ, d); err != nil {
+				return err
+			}
+			if _, err := tx.Update(typ, d.String("id"), d, store.UpdateOptions{Trusted: true}, nil); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
 }

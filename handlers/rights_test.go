@@ -427,3 +427,52 @@ func TestOverdueDeadlinesAndMetrics(t *testing.T) {
 		}
 	}
 }
+
+// TestRightsDeclared: the CapabilityStatement declares the request profiles and the operations, whose
+// OperationDefinitions and CodeSystems are served.
+func TestRightsDeclared(t *testing.T) {
+	e := newEnv(t, storetest.Backends(t)[0])
+	if err := handlers.InstallDefinitions(t.Context(), e.store); err != nil {
+		t.Fatal(err)
+	}
+	// Installing again changes nothing.
+	if err := handlers.InstallDefinitions(t.Context(), e.store); err != nil {
+		t.Fatal(err)
+	}
+	var cs struct {
+		Rest []struct {
+			Resource []struct {
+				Type             string
+				SupportedProfile []string
+				Operation        []struct{ Name, Definition string }
+			}
+		}
+	}
+	json.Unmarshal(e.must(200, "GET", "/metadata", "", "").body, &cs)
+	found := map[string]bool{}
+	for _, r := range cs.Rest[0].Resource {
+		for _, p := range r.SupportedProfile {
+			found[r.Type+" "+p] = true
+		}
+		for _, o := range r.Operation {
+			found[r.Type+" $"+o.Name] = true
+			if strings.HasPrefix(o.Definition, fhir.CanonicalBase) {
+				id := o.Definition[strings.LastIndex(o.Definition, "/")+1:]
+				e.must(200, "GET", "/OperationDefinition/"+id, e.system(), "")
+			}
+		}
+	}
+	for _, want := range []string{"Task " + rights.ProfileAccessRequest, "Task " + rights.ProfileCorrectionTask, "Task $extend", "Task $deny",
+		"Task $decide-review", "Communication $correctionrequest", "Patient $everything", "Task $deadlines"} {
+		if !found[want] {
+			t.Errorf("the CapabilityStatement does not declare %s", want)
+		}
+	}
+	r := e.must(200, "GET", "/CodeSystem/access-denial-ground", e.system(), "")
+	if !strings.Contains(string(r.body), "endanger-life-safety") || strings.Contains(string(r.body), `"clia"`) {
+		t.Errorf("denial grounds: %s", r.body)
+	}
+	if h := bundleIDs(t, e.must(200, "GET", "/OperationDefinition/Task-extend/_history", e.system(), ""), ""); len(h) != 1 {
+		t.Errorf("a second install wrote a new version: %v", h)
+	}
+}

@@ -176,6 +176,9 @@ func serve(ctx context.Context, args []string, getenv func(string) string, stdou
 	if err != nil {
 		return err
 	}
+	if err := handlers.InstallDefinitions(ctx, st); err != nil {
+		return fmt.Errorf("installing the rights workflow's definitions: %w", err)
+	}
 	var demoPasswords map[string]string
 	if cfg.demo {
 		if demoPasswords, err = demoSetup(ctx, st, h, issuer, base); err != nil {

@@ -555,3 +555,17 @@ func TestFeeRules(t *testing.T) {
 		t.Fatal("fee-estimate-sent")
 	}
 }
+
+func TestDefinitionsAreValid(t *testing.T) {
+	var defs []*fhir.Object
+	for _, o := range Operations {
+		defs = append(defs, o.OperationDefinition())
+	}
+	defs = append(defs, CodeSystems()...)
+	for _, d := range defs {
+		raw := fhir.AppendJSON(nil, d)
+		if _, err := fhir.ParseResource(raw, ""); err != nil {
+			t.Errorf("%s/%s: %v\n%s", d.String("resourceType"), d.String("id"), err, raw)
+		}
+	}
+}
