@@ -547,6 +547,7 @@ func (s *Server) execRead(ctx context.Context, tx *store.Tx, e *bentry, acc *fhi
 		if err != nil {
 			return err
 		}
+		s.auditRead(ctx, "vread", st)
 		e.status, e.body = http.StatusOK, st.Raw
 	case e.id != "":
 		var st *store.Stored
@@ -559,6 +560,7 @@ func (s *Server) execRead(ctx context.Context, tx *store.Tx, e *bentry, acc *fhi
 		if err != nil {
 			return err
 		}
+		s.auditRead(ctx, "read", st)
 		e.status, e.body = http.StatusOK, st.Raw
 	default:
 		q, err := fhir.ParseQuery(e.typ, e.query, fhir.QueryOptions{Base: s.base, Loc: s.loc})
@@ -574,6 +576,7 @@ func (s *Server) execRead(ctx context.Context, tx *store.Tx, e *bentry, acc *fhi
 		if err != nil {
 			return err
 		}
+		s.auditRead(ctx, "search-type", append(append([]*store.Stored{}, page.Matches...), page.Included...)...)
 		body, err := s.searchBundle(q, page)
 		if err != nil {
 			return err

@@ -31,6 +31,7 @@ type env struct {
 	keys     *auth.Keys
 	verifier *auth.Verifier
 	auth     *auth.Server
+	h        *handlers.Server
 }
 
 func newEnv(t *testing.T, b storetest.Backend, opts ...func(*handlers.Config)) *env {
@@ -70,10 +71,12 @@ func newEnv(t *testing.T, b storetest.Backend, opts ...func(*handlers.Config)) *
 	for _, o := range opts {
 		o(&cfg)
 	}
-	h, err = handlers.New(cfg)
+	srv, err := handlers.New(cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
+	h, e.h = srv, srv
+	t.Cleanup(srv.Close)
 	e.issuer = &auth.Issuer{Keys: keys, Issuer: e.srv.URL, Audience: e.base}
 	return e
 }

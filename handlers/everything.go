@@ -87,6 +87,7 @@ func (s *Server) everything(c *gin.Context) {
 			}
 		}
 	}
+	s.auditRead(c.Request.Context(), "operation", append(append([]*store.Stored{}, page.Matches...), page.Included...)...)
 	self := s.base + "/Patient/" + id + "/$everything"
 	links := [][2]string{{"self", self + query(vals, "")}}
 	if page.Next != "" {

@@ -64,10 +64,14 @@ type Server struct {
 	disputes       disputeIndex
 	metricsOnce    sync.Once
 	metricsHandler http.Handler
+	auditLog       *auditLog
 }
 
+// ServeHTTP serves the whole API.
+func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) { s.self.ServeHTTP(w, r) }
+
 // New builds the HTTP handler.
-func New(cfg Config) (http.Handler, error) {
+func New(cfg Config) (*Server, error) {
 	s := &Server{
 		store: cfg.Store, verifier: cfg.Verifier, keys: cfg.Keys, auth: cfg.Auth, base: strings.TrimSuffix(cfg.BaseURL, "/") + "/fhir",
 		log: cfg.Logger, maxBody: cfg.MaxBody, loc: cfg.Loc, version: cfg.Version, demo: cfg.Demo && cfg.Auth != nil,
@@ -90,6 +94,8 @@ func New(cfg Config) (http.Handler, error) {
 		for _, typ := range []string{"Task", "Communication", "DocumentReference"} {
 			s.store.SetHook(typ, rightsHook{s})
 		}
+		s.store.SetAuditor(s.auditChange)
+		s.auditLog = newAuditLog(s)
 	}
 	capb, err := fhir.CapabilityStatement(fhir.Capabilities{
 		Base: s.base, Software: "Carta", Version: cfg.Version, Date: time.Now(),
@@ -117,7 +123,7 @@ func New(cfg Config) (http.Handler, error) {
 	r.Use(s.requestID, s.accessLog, s.recover)
 	s.routes(r)
 	s.self = s.outer(r)
-	return s.self, nil
+	return s, nil
 }
 
 // outer handles what must happen before routing: CORS preflight and a trailing slash (FHIR treats [base]/Patient/

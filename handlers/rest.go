@@ -24,6 +24,7 @@ func (s *Server) read(typ string) gin.HandlerFunc {
 			s.fail(c, err)
 			return
 		}
+		s.auditRead(c.Request.Context(), "read", st)
 		s.linkDisputes(c, st)
 		if notModified(c, st) {
 			return
@@ -73,6 +74,7 @@ func (s *Server) vread(typ string) gin.HandlerFunc {
 			s.fail(c, err)
 			return
 		}
+		s.auditRead(c.Request.Context(), "vread", st)
 		s.writeResource(c, http.StatusOK, st)
 	}
 }

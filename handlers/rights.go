@@ -440,6 +440,9 @@ func (s *Server) runTaskOp(tx *store.Tx, op string, cur *fhir.Object, ps opParam
 			Labor: ps.money("labor"), Supplies: ps.money("supplies"), Postage: ps.money("postage")})
 	case "$fulfil":
 		delivered := ps.refs("delivered")
+		if k, _ := rights.Classify(cur); k == rights.KindAccounting && len(delivered) == 0 {
+			return s.fulfilAccounting(tx, cur, a)
+		}
 		if err := s.checkDelivered(tx, cur, delivered); err != nil {
 			return nil, err
 		}
@@ -932,4 +935,48 @@ func InstallDefinitions(ctx context.Context, st *store.Store) error {
 		}
 		return nil
 	})
+}
+
+// fulfilAccounting answers an accounting-of-disclosures request from the audit trail: the disclosures outside
+// the provider (reads by backend systems, directed copies) of the six years before the request.
+func (s *Server) fulfilAccounting(tx *store.Tx, task *fhir.Object, a rights.Actor) (*rights.Plan, error) {
+	patient := strings.TrimPrefix(task.Object("for").String("reference"), "Patient/")
+	since := s.rights.Now().AddDate(-6, 0, 0).UTC().Format("2006-01-02")
+	events, err := s.searchIn(tx, "AuditEvent", url2("patient", patient, "subtype", SystemAuditKind+"|"+AuditDisclosure, "date", "ge"+since, "_sort", "date"))
+	if err != nil {
+		return nil, err
+	}
+	var ds []rights.Disclosure
+	for _, st := range events {
+		ev, err := fhir.ParseResource(st.Raw, "AuditEvent")
+		if err != nil {
+			continue
+		}
+		d := rights.Disclosure{When: ev.Object("period").String("start")}
+		if d.When == "" {
+			d.When = ev.String("recorded")
+		}
+		for _, ag := range objectsOf(ev, "agent") {
+			if v, _ := ag.Get("requestor"); v == true {
+				d.To = ag.Object("who").String("reference")
+				if d.To == "" {
+					d.To = ag.Object("who").String("display")
+				}
+			}
+		}
+		for _, en := range objectsOf(ev, "entity") {
+			if r := en.Object("what").String("reference"); r != "" && r != "Patient/"+patient {
+				d.What = append(d.What, r)
+			}
+		}
+		ds = append(ds, d)
+	}
+	doc := s.rights.AccountingDocument(task, ds)
+	plan, err := s.rights.Fulfil(task, a, rights.FulfilParams{Delivered: []string{"DocumentReference/" + doc.String("id")}})
+	if err != nil {
+		return nil, err
+	}
+	plan.Writes = append([]rights.Write{{Type: "DocumentReference", ID: doc.String("id"), Resource: doc, Create: true}}, plan.Writes...)
+	plan.Message = fmt.Sprintf("accounting of %d disclosure(s) delivered as DocumentReference/%s", len(ds), doc.String("id"))
+	return plan, nil
 }

@@ -476,3 +476,109 @@ func TestRightsDeclared(t *testing.T) {
 		t.Errorf("a second install wrote a new version: %v", h)
 	}
 }
+
+// auditEvents are the AuditEvents a token finds for a patient, as "action interaction who [disclosure]" lines.
+func auditLines(t *testing.T, e *env, tok, patient string) []string {
+	t.Helper()
+	e.h.FlushAudit()
+	r := e.must(200, "GET", "/AuditEvent?patient="+patient+"&_count=200&_sort=date", tok, "")
+	var b struct {
+		Entry []struct {
+			Resource struct {
+				Action  string
+				Subtype []struct{ Code string }
+				Agent   []struct {
+					Requestor bool
+					Who       struct{ Reference, Display string }
+				}
+				Entity []struct{ What struct{ Reference string } }
+			}
+		}
+	}
+	json.Unmarshal(r.body, &b)
+	var out []string
+	for _, en := range b.Entry {
+		ev := en.Resource
+		line := ev.Action + " " + ev.Subtype[0].Code
+		for _, a := range ev.Agent {
+			if a.Requestor {
+				line += " " + a.Who.Reference + a.Who.Display
+			}
+		}
+		if len(ev.Subtype) > 1 {
+			line += " " + ev.Subtype[1].Code
+		}
+		for _, x := range ev.Entity {
+			line += " " + x.What.Reference
+		}
+		out = append(out, line)
+	}
+	return out
+}
+
+// TestAudit: changes are audited in their transaction, reads and searches by the batched writer; a patient lists
+// who accessed their record and sees nothing of anyone else's; a backend's read is a disclosure, and an
+// accounting-of-disclosures request is fulfilled from them.
+func TestAudit(t *testing.T) {
+	each(t, func(t *testing.T, e *env) {
+		sys := e.system()
+		e.must(201, "PUT", "/Patient/p1", sys, `{"resourceType":"Patient","id":"p1"}`)
+		e.must(201, "PUT", "/Patient/p2", sys, `{"resourceType":"Patient","id":"p2"}`)
+		e.must(201, "PUT", "/Observation/o1", sys, `{"resourceType":"Observation","id":"o1","status":"final","code":{"text":"x"},"subject":{"reference":"Patient/p1"}}`)
+		e.must(201, "PUT", "/Observation/o2", sys, `{"resourceType":"Observation","id":"o2","status":"final","code":{"text":"x"},"subject":{"reference":"Patient/p2"}}`)
+		pat := e.patient("p1", "patient/*.cruds")
+		doc := e.tok(auth.Grant{Subject: "doc", FHIRUser: "Practitioner/doc", ClientID: "ehr", Scope: "user/*.cruds"})
+		e.must(200, "GET", "/Observation/o1", pat, "")
+		e.must(200, "GET", "/Observation/o1", doc, "")
+		e.must(200, "GET", "/Observation?subject=Patient/p1,Patient/p2", sys, "") // a backend: a disclosure, one event per patient
+		e.must(200, "PUT", "/Observation/o1", doc, `{"resourceType":"Observation","id":"o1","status":"amended","code":{"text":"x"},"subject":{"reference":"Patient/p1"}}`)
+		lines := auditLines(t, e, pat, "p1")
+		joined := strings.Join(lines, "\n")
+		for _, want := range []string{
+			"C create client test Patient/p1 Observation/o1",
+			"R read Patient/p1 Patient/p1 Observation/o1",
+			"R read Practitioner/doc Patient/p1 Observation/o1",
+			"R search-type client test disclosure Patient/p1 Observation/o1",
+			"U update Practitioner/doc Patient/p1 Observation/o1",
+		} {
+			if !strings.Contains(joined, want) {
+				t.Errorf("p1's audit trail lacks %q:\n%s", want, joined)
+			}
+		}
+		if strings.Contains(joined, "o2") || strings.Contains(joined, "p2") {
+			t.Errorf("p1's audit trail shows another patient:\n%s", joined)
+		}
+		// Reading the audit trail is not itself audited.
+		if again := auditLines(t, e, pat, "p1"); len(again) != len(lines) {
+			t.Errorf("listing the audit trail grew it: %d → %d", len(lines), len(again))
+		}
+		e.must(200, "GET", "/AuditEvent?patient=p2", e.patient("p2", "patient/*.rs"), "")
+		if n := len(bundleIDs(t, e.must(200, "GET", "/AuditEvent?patient=p2", pat, ""), "match")); n != 0 {
+			t.Errorf("p1 sees %d of p2's audit events", n)
+		}
+		// A change that fails leaves no audit: a transaction with a bad entry.
+		before := len(auditLines(t, e, sys, "p1"))
+		e.must(400, "POST", "", sys, `{"resourceType":"Bundle","type":"transaction","entry":[
+			{"resource":{"resourceType":"Observation","status":"final","code":{"text":"y"},"subject":{"reference":"Patient/p1"}},"request":{"method":"POST","url":"Observation"}},
+			{"resource":{"resourceType":"Observation","status":"bogus"},"request":{"method":"POST","url":"Observation"}}]}`)
+		if after := len(auditLines(t, e, sys, "p1")); after != before {
+			t.Errorf("a rolled-back transaction left %d audit events", after-before)
+		}
+		// Accounting of disclosures, from the audit trail.
+		r := e.must(201, "POST", "/Task", pat, `{"resourceType":"Task","status":"draft","intent":"order",
+			"code":{"coding":[{"system":"`+rights.SystemRequestType+`","code":"accounting-of-disclosures"}]},"for":{"reference":"Patient/p1"}}`)
+		if due := str(t, r, "restriction", "period", "end"); due == "" {
+			t.Fatalf("accounting request without a due date: %s", r.body)
+		}
+		r = e.must(200, "POST", "/Task/"+str(t, r, "id")+"/$fulfil", doc, "")
+		docRef := str(t, r, "output", "0", "valueReference", "reference")
+		acc := e.must(200, "GET", "/"+docRef, pat, "")
+		var d struct {
+			Content []struct{ Attachment struct{ Data []byte } }
+		}
+		json.Unmarshal(acc.body, &d)
+		if text := string(d.Content[0].Attachment.Data); !strings.Contains(text, "client test") || !strings.Contains(text, "Observation/o1") || strings.Contains(text, "Practitioner/doc") {
+			t.Errorf("the accounting lists the backend's disclosure, not the clinician's use:\n%s", text)
+		}
+	})
+}

@@ -74,6 +74,7 @@ func (s *Server) search(typ string) gin.HandlerFunc {
 			return
 		}
 		page.Included = append(page.Included, more...)
+		s.auditRead(c.Request.Context(), "search-type", append(append([]*store.Stored{}, page.Matches...), page.Included...)...)
 		body, err := s.searchBundle(q, page)
 		if err != nil {
 			s.fail(c, err)
@@ -209,6 +210,18 @@ func (s *Server) history(typ string) gin.HandlerFunc {
 			links = append(links, [2]string{"next", link(h.Next)})
 		}
 		b := fhir.NewBundle("history", h.Total, links)
+		var seen []string
+		for _, e := range h.Entries {
+			seen = append(seen, e.Type+"/"+e.ID)
+		}
+		interaction := "history-system"
+		switch {
+		case id != "":
+			interaction = "history-instance"
+		case typ != "":
+			interaction = "history-type"
+		}
+		s.auditRefs(c.Request.Context(), interaction, uniqStrings(seen))
 		for _, e := range h.Entries {
 			entry := fhir.Entry{FullURL: s.base + "/" + e.Type + "/" + e.ID, Raw: e.Raw, ETag: etag(e), LastModified: e.Updated}
 			switch {

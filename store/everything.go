@@ -55,7 +55,8 @@ func (s *Store) Everything(ctx context.Context, patient string, opt EverythingOp
 	candidates := opt.Types
 	if len(candidates) == 0 {
 		for _, t := range fhir.R4().ResourceTypes() {
-			if fhir.InCompartment(t) || t == "Patient" {
+			// The audit trail is not part of the record: it comes only when asked for (_type=AuditEvent).
+			if (fhir.InCompartment(t) || t == "Patient") && t != "AuditEvent" {
 				candidates = append(candidates, t)
 			}
 		}

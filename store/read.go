@@ -428,3 +428,51 @@ func ParseVersion(s string) (int64, bool) {
 	n, err := strconv.ParseInt(s, 10, 64)
 	return n, err == nil && n > 0
 }
+
+// PatientsOf returns, for each reference Type/id, the patients whose compartment the resource is in (restricted
+// resources under fhir.RestrictedPrefix); references to nothing, or to shared resources, are absent.
+func (s *Store) PatientsOf(ctx context.Context, refs []string) (map[string][]string, error) {
+	out := map[string][]string{}
+	var valid []string
+	for _, r := range refs {
+		if _, _, _, ok := fhir.SplitReference(r); ok {
+			valid = append(valid, r)
+		}
+	}
+	refs = valid
+	for len(refs) > 0 {
+		n := min(len(refs), 200)
+		batch := refs[:n]
+		refs = refs[n:]
+		q := &sqlb{}
+		q.w("SELECT x.type, x.id, c.patient FROM compartment c JOIN resources x ON x.rid = c.rid WHERE ")
+		for i, r := range batch {
+			typ, id, _, _ := fhir.SplitReference(r)
+			if i > 0 {
+				q.w(" OR ")
+			}
+			q.w("(x.type = ")
+			q.arg(typ)
+			q.w(" AND x.id = ")
+			q.arg(id)
+			q.w(")")
+		}
+		rows, err := s.db.QueryContext(ctx, s.d.rebind(q.b.String()), q.args...)
+		if err != nil {
+			return nil, s.dbErr("reading compartments", err)
+		}
+		for rows.Next() {
+			var typ, id, p string
+			if err := rows.Scan(&typ, &id, &p); err != nil {
+				rows.Close()
+				return nil, s.dbErr("reading compartments", err)
+			}
+			out[typ+"/"+id] = append(out[typ+"/"+id], p)
+		}
+		rows.Close()
+		if err := rows.Err(); err != nil {
+			return nil, err
+		}
+	}
+	return out, nil
+}

@@ -77,6 +77,7 @@ type Store struct {
 
 	cache     *readCache
 	hooks     map[string]Hook
+	auditor   Auditor
 	stopWatch context.CancelFunc
 	watchDone chan struct{}
 

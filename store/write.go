@@ -55,6 +55,20 @@ type Hook interface {
 	Write(tx *Tx, typ, id string, cur *Stored, res *fhir.Object) (*fhir.Object, func(*Stored) error, error)
 }
 
+// Auditor records a change (create, update, delete) in the transaction that makes it: typ/id at its new
+// version, in the compartments of patients. AuditEvent writes are not audited.
+type Auditor func(tx *Tx, st *Stored, action string, patients []string) error
+
+// SetAuditor installs the auditor of changes. Call it before serving.
+func (s *Store) SetAuditor(a Auditor) { s.auditor = a }
+
+func (t *Tx) audit(st *Stored, action string, patients []string) error {
+	if t.s.auditor == nil || st.Type == "AuditEvent" {
+		return nil
+	}
+	return t.s.auditor(t, st, action, patients)
+}
+
 // SetHook installs the hook for a resource type. Call it before serving.
 func (s *Store) SetHook(typ string, h Hook) {
 	if s.hooks == nil {
@@ -307,6 +321,9 @@ func (t *Tx) Create(typ string, res *fhir.Object, opt CreateOptions, acc *fhir.A
 			return nil, err
 		}
 	}
+	if err := t.audit(st, "C", patients); err != nil {
+		return nil, err
+	}
 	return &WriteResult{Stored: st, Created: true}, nil
 }
 
@@ -387,6 +404,9 @@ func (t *Tx) Update(typ, id string, res *fhir.Object, opt UpdateOptions, acc *fh
 			return nil, err
 		}
 	}
+	if err := t.audit(st, "U", patients); err != nil {
+		return nil, err
+	}
 	return &WriteResult{Stored: st, Created: cur.Deleted}, nil
 }
 
@@ -449,6 +469,9 @@ func (t *Tx) Delete(typ, id string, opt DeleteOptions, acc *fhir.Access) (*Write
 		return nil, err
 	}
 	if err := t.clearIndex(cur.rid); err != nil {
+		return nil, err
+	}
+	if err := t.audit(st, "D", curPatients); err != nil {
 		return nil, err
 	}
 	return &WriteResult{Stored: st}, nil

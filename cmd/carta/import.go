@@ -46,6 +46,7 @@ func importCmd(ctx context.Context, args []string, getenv func(string) string, s
 	if err != nil {
 		return err
 	}
+	defer h.Close()
 	minter := &auth.Issuer{Keys: srv.keys, Issuer: srv.issuer, Audience: srv.fhirBase}
 	var loaded, failedFiles, resources int
 	start := time.Now()

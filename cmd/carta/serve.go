@@ -176,6 +176,7 @@ func serve(ctx context.Context, args []string, getenv func(string) string, stdou
 	if err != nil {
 		return err
 	}
+	defer h.Close() // after the HTTP server stops: the last read records are written
 	if err := handlers.InstallDefinitions(ctx, st); err != nil {
 		return fmt.Errorf("installing the rights workflow's definitions: %w", err)
 	}

@@ -574,3 +574,35 @@ func (r *Rules) provenance(targets []string, a Actor, activity, operation, revis
 		"entity", entity,
 	)
 }
+
+// Disclosure is one disclosure of a patient's records outside the provider, from the audit trail.
+type Disclosure struct {
+	When, To string
+	What     []string
+}
+
+// AccountingDocument is the accounting of disclosures (164.528) that fulfils an accounting request: a
+// DocumentReference for the patient listing, for the six years before the request, when, to whom and what.
+func (r *Rules) AccountingDocument(task *fhir.Object, ds []Disclosure) *fhir.Object {
+	var b strings.Builder
+	fmt.Fprintf(&b, "Accounting of disclosures for %s, for the six years before %s (45 CFR 164.528).\n\n", refOf(task, "for"), task.String("authoredOn"))
+	if len(ds) == 0 {
+		b.WriteString("No disclosures outside this provider were recorded.\n")
+	}
+	for _, d := range ds {
+		fmt.Fprintf(&b, "- %s: to %s: %s\n", d.When, d.To, strings.Join(d.What, ", "))
+	}
+	return obj(
+		"resourceType", "DocumentReference", "id", r.NewID(),
+		"status", "current",
+		"docStatus", "final",
+		"type", obj("text", "Accounting of disclosures"),
+		"subject", ref(refOf(task, "for")),
+		"date", r.instant(r.Now()),
+		"custodian", ref(orgOnly(r.Owner)),
+		"description", fmt.Sprintf("Accounting of disclosures (%d) for Task/%s", len(ds), task.String("id")),
+		"content", arr(obj("attachment", obj("contentType", "text/plain; charset=utf-8", "language", "en",
+			"data", base64.StdEncoding.EncodeToString([]byte(b.String())), "title", "Accounting of disclosures", "creation", r.instant(r.Now())))),
+		"context", obj("related", arr(ref("Task/"+task.String("id")))),
+	)
+}
