@@ -2,7 +2,7 @@ package handlers
 
 import (
 	"context"
-	"sort"
+	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -14,12 +14,15 @@ import (
 	"github.com/google/uuid"
 )
 
-// Audit (rights.md §9). Every change is recorded as an AuditEvent in the transaction that makes it. Reads,
-// searches and exports are recorded by a batched writer: the request queues a record and goes on; a background
-// writer groups what arrived within half a second by who asked, what interaction and which patient, and writes one
-// AuditEvent per group (with the resources as entities). The trade-off: a read costs a queue send instead of a
-// write, and its audit reaches the database within a second (flushed at shutdown too) — a crash of the process
-// may lose the last second of read records, never a change's.
+// Audit (rights.md §9). Every access and change goes to a compact audit log: a change's record in the
+// transaction that makes it; reads, searches, history and $everything through a batched writer (the request queues
+// a record and goes on; the writer groups what arrived within half a second by who asked, the interaction and the
+// patient, and writes it within a second, and at shutdown). The log rows become AuditEvent resources when someone
+// asks for AuditEvents (a patient listing who accessed their record, staff, an accounting of disclosures): a FHIR
+// AuditEvent per (agent, interaction, patient) group, with the resources as entities.
+//
+// The trade-off: writing one compact row per group instead of a whole indexed AuditEvent per read keeps the read
+// path within a queue send; a crash of the process may lose the last second of read records, never a change's.
 
 // Audit vocabulary.
 const (
@@ -115,26 +118,121 @@ func coding(system, code, display string) *fhir.Object {
 	return o
 }
 
-// auditChange is the store's Auditor: one AuditEvent per patient whose compartment the change is in (a change of
-// a shared resource: one without a patient), in the same transaction.
+// auditChange is the store's Auditor: one log row per patient whose compartment the change is in (a shared
+// resource: one without a patient), in the same transaction.
 func (s *Server) auditChange(tx *store.Tx, st *store.Stored, action string, patients []string) error {
-	a := agentFrom(auth.PrincipalFrom(tx.Context()))
+	p := auth.PrincipalFrom(tx.Context())
+	a := agentFrom(p)
 	interaction := map[string]string{"C": "create", "U": "update", "D": "delete"}[action]
-	ref := st.Type + "/" + st.ID
 	if len(patients) == 0 {
 		patients = []string{""}
 	}
-	for _, p := range patients {
-		patient := p
-		if strings.HasPrefix(p, fhir.RestrictedPrefix) {
-			patient = "" // its AuditEvent joins the restricted compartment through the entity, not the patient's
-		}
-		ev := s.auditEvent(a, interaction, action, time.Time{}, time.Time{}, patient, []string{ref}, "0")
-		if _, err := tx.Create("AuditEvent", ev, store.CreateOptions{ID: ev.String("id"), Trusted: true}, nil); err != nil {
+	for _, pt := range patients {
+		err := tx.LogAudit(store.AuditRecord{Start: time.Now(), Agent: a.who, Client: a.client, Interaction: interaction, Action: action,
+			Patient: pt, Refs: []string{st.Type + "/" + st.ID}})
+		if err != nil {
 			return err
 		}
 	}
 	return nil
+}
+
+// materializeAudit turns the pending audit log rows of a patient ("*": all) into AuditEvent resources, in the
+// transaction of the search that wants them.
+func (s *Server) materializeAudit(tx *store.Tx, patient string) error {
+	for round := 0; round < 20; round++ { // at most 20,000 rows per call; the background converter does the rest
+
+		rows, err := tx.PendingAudit(patient, 1000)
+		if err != nil {
+			return err
+		}
+		if len(rows) == 0 {
+			return nil
+		}
+		type group struct {
+			r    store.AuditRecord
+			refs []string
+		}
+		groups := map[string]*group{}
+		var order []string
+		ids := make([]int64, 0, len(rows))
+		for _, r := range rows {
+			ids = append(ids, r.ID)
+			k := strings.Join([]string{r.Agent, r.Client, r.Interaction, r.Action, r.Patient, strconv.FormatBool(r.Disclosure)}, "|")
+			g := groups[k]
+			if g == nil {
+				g = &group{r: r}
+				groups[k] = g
+				order = append(order, k)
+			}
+			if r.Start.Before(g.r.Start) {
+				g.r.Start = r.Start
+			}
+			if r.End.After(g.r.End) {
+				g.r.End = r.End
+			}
+			g.refs = append(g.refs, r.Refs...)
+		}
+		for _, k := range order {
+			g := groups[k]
+			patient := g.r.Patient
+			if strings.HasPrefix(patient, fhir.RestrictedPrefix) {
+				patient = "" // the event joins the restricted compartment through its entities, not the patient's
+			}
+			refs := uniqStrings(g.refs)
+			for len(refs) > 0 {
+				n := min(len(refs), auditMaxEntities)
+				ev := s.auditEvent(agent{who: g.r.Agent, client: g.r.Client, disclosure: g.r.Disclosure}, g.r.Interaction, g.r.Action, g.r.Start, g.r.End, patient, refs[:n], "0")
+				if _, err := tx.Create("AuditEvent", ev, store.CreateOptions{ID: ev.String("id"), Trusted: true}, nil); err != nil {
+					return err
+				}
+				refs = refs[n:]
+			}
+		}
+		if err := tx.DoneAudit(ids); err != nil {
+			return err
+		}
+		if len(rows) < 1000 {
+			return nil
+		}
+	}
+	return nil
+}
+
+// materializeFor converts the audit log rows a search of AuditEvents may return: the caller's patient, the
+// patient the query names, or all.
+func (s *Server) materializeFor(ctx context.Context, acc *fhir.Access, vals map[string][]string) error {
+	patient := acc.PatientOnly()
+	if patient == "" {
+		patient = "*"
+		if ps := vals["patient"]; len(ps) == 1 && !strings.Contains(ps[0], ",") {
+			patient = strings.TrimPrefix(ps[0], "Patient/")
+		}
+	}
+	return s.store.InTx(ctx, func(tx *store.Tx) error { return s.materializeAudit(tx, patient) })
+}
+
+// convertAudit turns pending audit rows into AuditEvents in the background, a bounded amount at a time.
+func (s *Server) convertAudit(done <-chan struct{}) {
+	t := time.NewTicker(2 * time.Second)
+	defer t.Stop()
+	for {
+		select {
+		case <-done:
+			return
+		case <-t.C:
+			err := s.store.InTx(context.Background(), func(tx *store.Tx) error {
+				rows, err := tx.PendingAudit("*", 1)
+				if err != nil || len(rows) == 0 {
+					return err
+				}
+				return s.materializeAudit(tx, "*")
+			})
+			if err != nil {
+				s.log.Error("audit: converting the log to AuditEvents", "err", err)
+			}
+		}
+	}
 }
 
 // auditRec is a read waiting for the batched writer.
@@ -143,6 +241,7 @@ type auditRec struct {
 	agent       agent
 	interaction string
 	refs        []string
+	keys        []int64 // the stored resources' keys, parallel to refs (0: look the patients up by reference)
 }
 
 // auditLog is the batched writer of read records.
@@ -157,6 +256,7 @@ type auditLog struct {
 func newAuditLog(s *Server) *auditLog {
 	l := &auditLog{s: s, in: make(chan auditRec, 1<<16), flushCh: make(chan chan struct{}), done: make(chan struct{})}
 	go l.run()
+	go s.convertAudit(l.done)
 	return l
 }
 
@@ -219,77 +319,69 @@ func (l *auditLog) run() {
 	}
 }
 
-// write groups the records by agent and interaction, splits each group by patient, and writes one AuditEvent per
-// (agent, interaction, patient) in one transaction.
+// write groups the records by agent and interaction, splits each group by patient, and appends one log row per
+// (agent, interaction, patient).
 func (l *auditLog) write(buf []auditRec) []auditRec {
 	if len(buf) == 0 {
 		return buf
 	}
 	s := l.s
-	type group struct {
-		a           agent
-		interaction string
-		start, end  time.Time
-		refs        []string
-	}
-	groups := map[string]*group{}
-	var order []string
-	var all []string
-	for _, r := range buf {
-		k := r.agent.key() + "|" + r.interaction
-		g := groups[k]
-		if g == nil {
-			g = &group{a: r.agent, interaction: r.interaction, start: r.at}
-			groups[k] = g
-			order = append(order, k)
-		}
-		g.end = r.at
-		g.refs = append(g.refs, r.refs...)
-		all = append(all, r.refs...)
-	}
 	ctx := context.Background()
-	patients, err := s.store.PatientsOf(ctx, uniqStrings(all))
+	var keys []int64
+	var byRef []string
+	for _, r := range buf {
+		for i, k := range r.keys {
+			if k != 0 {
+				keys = append(keys, k)
+			} else {
+				byRef = append(byRef, r.refs[i])
+			}
+		}
+	}
+	pk, err := s.store.PatientsOfKeys(ctx, keys)
 	if err != nil {
 		s.log.Error("audit: finding the patients of read records", "err", err)
 		return buf // kept for the next flush
 	}
-	var events []*fhir.Object
-	for _, k := range order {
-		g := groups[k]
-		byPatient := map[string][]string{}
-		for _, r := range uniqStrings(g.refs) {
-			for _, p := range patients[r] {
-				byPatient[p] = append(byPatient[p], r)
+	pr, err := s.store.PatientsOf(ctx, uniqStrings(byRef))
+	if err != nil {
+		s.log.Error("audit: finding the patients of read records", "err", err)
+		return buf
+	}
+	type group struct {
+		rec  store.AuditRecord
+		refs []string
+	}
+	groups := map[string]*group{}
+	var order []string
+	for _, r := range buf {
+		for i, ref := range r.refs {
+			patients := pr[ref]
+			if r.keys[i] != 0 {
+				patients = pk[r.keys[i]]
 			}
-		}
-		keys := make([]string, 0, len(byPatient))
-		for p := range byPatient {
-			keys = append(keys, p)
-		}
-		sort.Strings(keys)
-		for _, p := range keys {
-			refs := byPatient[p]
-			patient := p
-			if strings.HasPrefix(p, fhir.RestrictedPrefix) {
-				patient = ""
-			}
-			for len(refs) > 0 {
-				n := min(len(refs), auditMaxEntities)
-				events = append(events, s.auditEvent(g.a, g.interaction, "R", g.start, g.end, patient, refs[:n], "0"))
-				refs = refs[n:]
+			for _, p := range patients {
+				k := r.agent.key() + "|" + r.interaction + "|" + p
+				g := groups[k]
+				if g == nil {
+					g = &group{rec: store.AuditRecord{Start: r.at, End: r.at, Agent: r.agent.who, Client: r.agent.client, Interaction: r.interaction,
+						Action: "R", Patient: p, Disclosure: r.agent.disclosure}}
+					groups[k] = g
+					order = append(order, k)
+				}
+				g.rec.End = r.at
+				g.refs = append(g.refs, ref)
 			}
 		}
 	}
-	err = s.store.InTx(ctx, func(tx *store.Tx) error {
-		for _, ev := range events {
-			if _, err := tx.Create("AuditEvent", ev, store.CreateOptions{ID: ev.String("id"), Trusted: true}, nil); err != nil {
-				return err
-			}
-		}
-		return nil
-	})
-	if err != nil {
-		s.log.Error("audit: writing read records", "err", err, "events", len(events))
+	recs := make([]store.AuditRecord, 0, len(order))
+	for _, k := range order {
+		g := groups[k]
+		g.rec.Refs = uniqStrings(g.refs)
+		recs = append(recs, g.rec)
+	}
+	if err := s.store.LogAudit(ctx, recs); err != nil {
+		s.log.Error("audit: writing read records", "err", err, "records", len(recs))
 		return buf
 	}
 	return buf[:0]
@@ -310,15 +402,23 @@ func uniqStrings(l []string) []string {
 // auditRead queues a read of stored resources (reads of AuditEvents are not audited: a patient listing who saw
 // their record would otherwise grow it).
 func (s *Server) auditRead(ctx context.Context, interaction string, sts ...*store.Stored) {
+	if s.auditLog == nil {
+		return
+	}
 	var refs []string
+	var keys []int64
 	for _, st := range sts {
-		if st != nil {
+		if st != nil && st.Type != "AuditEvent" {
 			refs = append(refs, st.Type+"/"+st.ID)
+			keys = append(keys, st.Key())
 		}
 	}
-	s.auditRefs(ctx, interaction, refs)
+	if len(refs) > 0 {
+		s.auditLog.record(auditRec{at: time.Now(), agent: agentFrom(auth.PrincipalFrom(ctx)), interaction: interaction, refs: refs, keys: keys})
+	}
 }
 
+// auditRefs queues a read of resources known by reference only (history entries).
 func (s *Server) auditRefs(ctx context.Context, interaction string, all []string) {
 	if s.auditLog == nil {
 		return
@@ -329,10 +429,9 @@ func (s *Server) auditRefs(ctx context.Context, interaction string, all []string
 			refs = append(refs, r)
 		}
 	}
-	if len(refs) == 0 {
-		return
+	if len(refs) > 0 {
+		s.auditLog.record(auditRec{at: time.Now(), agent: agentFrom(auth.PrincipalFrom(ctx)), interaction: interaction, refs: refs, keys: make([]int64, len(refs))})
 	}
-	s.auditLog.record(auditRec{at: time.Now(), agent: agentFrom(auth.PrincipalFrom(ctx)), interaction: interaction, refs: refs})
 }
 
 // FlushAudit writes the queued read records now (tests; shutdown does it too).

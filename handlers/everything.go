@@ -66,6 +66,14 @@ func (s *Server) everything(c *gin.Context) {
 			return
 		}
 	}
+	for _, t := range opt.Types {
+		if t == "AuditEvent" {
+			if err := s.materializeFor(c.Request.Context(), &fhir.Access{Patient: id}, nil); err != nil {
+				s.fail(c, err)
+				return
+			}
+		}
+	}
 	page, err := s.store.Everything(c.Request.Context(), id, opt, p.Access())
 	if err != nil {
 		s.fail(c, err)

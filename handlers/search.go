@@ -63,6 +63,12 @@ func (s *Server) search(typ string) gin.HandlerFunc {
 			s.fail(c, err)
 			return
 		}
+		if typ == "AuditEvent" {
+			if err := s.materializeFor(c.Request.Context(), p.Access(), vals); err != nil {
+				s.fail(c, err)
+				return
+			}
+		}
 		page, err := s.store.Search(c.Request.Context(), q, p.Access())
 		if err != nil {
 			s.fail(c, err)
@@ -169,6 +175,12 @@ func (s *Server) history(typ string) gin.HandlerFunc {
 			return
 		}
 		acc := p.Access()
+		if typ == "AuditEvent" || typ == "" {
+			if err := s.materializeFor(c.Request.Context(), acc, nil); err != nil {
+				s.fail(c, err)
+				return
+			}
+		}
 		if typ == "" {
 			// System history covers the types the token may search.
 			acc = &fhir.Access{Patient: acc.Patient, Read: acc.Search, Search: acc.Search}

@@ -100,6 +100,11 @@ var migrations = []migration{
 		`CREATE TABLE launches (id {text} PRIMARY KEY, client_id {text} NOT NULL, patient {text} NOT NULL DEFAULT '',
 			encounter {text} NOT NULL DEFAULT '', fhir_user {text} NOT NULL DEFAULT '', expires {int} NOT NULL)`,
 	}},
+	{5, "audit log: every access and change, compact, until it is turned into AuditEvents", []string{
+		`CREATE TABLE audit_log (id {pk}, start_at {int} NOT NULL, end_at {int} NOT NULL, agent {text} NOT NULL, client {text} NOT NULL,
+			interaction {text} NOT NULL, action {text} NOT NULL, patient {text} NOT NULL, refs {text} NOT NULL, disclosure {int} NOT NULL)`,
+		`CREATE INDEX audit_log_patient ON audit_log (patient, id)`,
+	}},
 }
 
 // SchemaVersion is the schema version this build writes.
