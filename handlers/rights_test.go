@@ -18,10 +18,10 @@ import (
 // rightsEnv is a server whose rights rules run on a clock the test moves, with the records office configured.
 type rightsEnv struct {
 	*env
-	now                                     time.Time
-	sys, pat, pat2, clerk, denier, reviewer string
-	other                                   string // another patient's token
-	rules                                   *rights.Rules
+	now                               time.Time
+	sys, pat, clerk, denier, reviewer string
+	other                             string // another patient's token
+	rules                             *rights.Rules
 }
 
 func newRightsEnv(t *testing.T, b storetest.Backend) *rightsEnv {

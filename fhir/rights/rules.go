@@ -164,8 +164,6 @@ func (r *Rules) setStep(task *fhir.Object, k Kind, s Step) {
 	task.Set("businessStatus", concept(businessSystem(k), s.Business, ""))
 }
 
-func (r *Rules) now() time.Time { return r.Now().In(r.Loc) }
-
 func (r *Rules) instant(t time.Time) string { return t.In(r.Loc).Format("2006-01-02T15:04:05-07:00") }
 
 func (r *Rules) today() Date { return DateOf(r.Now(), r.Loc) }
