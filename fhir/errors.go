@@ -38,6 +38,7 @@ const (
 	IssueTransient     = r4.IssueTypeTransient
 	IssueException     = r4.IssueTypeException
 	IssueInformational = r4.IssueTypeInformational
+	IssueIncomplete    = r4.IssueTypeIncomplete
 )
 
 // Severity is a code of http://hl7.org/fhir/issue-severity.

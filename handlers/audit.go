@@ -2,6 +2,7 @@ package handlers
 
 import (
 	"context"
+	"fmt"
 	"strconv"
 	"strings"
 	"sync"
@@ -16,7 +17,7 @@ import (
 
 // Audit (rights.md §9). Every access and change goes to a compact audit log: a change's record in the
 // transaction that makes it; reads, searches, history and $everything through a batched writer (the request queues
-// a record and goes on; the writer groups what arrived within half a second by who asked, the interaction and the
+// a record and goes on; the writer groups what arrived within a tenth of a second by who asked, the interaction and the
 // patient, and writes it within a second, and at shutdown). The log rows become AuditEvent resources when someone
 // asks for AuditEvents (a patient listing who accessed their record, staff, an accounting of disclosures): a FHIR
 // AuditEvent per (agent, interaction, patient) group, with the resources as entities.
@@ -32,8 +33,10 @@ const (
 	systemDCM          = "http://dicom.nema.org/resources/ontology/DCM"
 	SystemAuditKind    = fhir.CanonicalBase + "/CodeSystem/audit-kind"
 	AuditDisclosure    = "disclosure"
-	auditFlushInterval = 500 * time.Millisecond
 	auditMaxEntities   = 200
+	auditChunk         = 200 // log rows converted per transaction when converting all of them
+	auditBusy          = 100 // requests per converter tick (2 s) above which the server is too busy to convert
+	auditFlushInterval = 100 * time.Millisecond
 )
 
 // agentOf describes who asked: the person (fhirUser) and the app (client).
@@ -137,17 +140,27 @@ func (s *Server) auditChange(tx *store.Tx, st *store.Stored, action string, pati
 	return nil
 }
 
-// materializeAudit turns the pending audit log rows of a patient ("*": all) into AuditEvent resources, in the
-// transaction of the search that wants them.
-func (s *Server) materializeAudit(tx *store.Tx, patient string) error {
-	for round := 0; round < 20; round++ { // at most 20,000 rows per call; the background converter does the rest
-
-		rows, err := tx.PendingAudit(patient, 1000)
+// materializeAudit turns pending audit log rows of a patient ("*": all) into AuditEvent resources in tx, up to
+// max rows (0: all of them), and says how many it converted.
+// For one patient it first takes that patient's entries out of the read journal (takeFromJournal).
+func (s *Server) materializeAudit(tx *store.Tx, patient string, max int) (int, error) {
+	if patient != "*" {
+		if err := takeFromJournal(tx, patient); err != nil {
+			return 0, err
+		}
+	}
+	done := 0
+	for max == 0 || done < max {
+		limit := 1000
+		if max > 0 {
+			limit = min(limit, max-done)
+		}
+		rows, err := tx.PendingAudit(patient, limit)
 		if err != nil {
-			return err
+			return done, err
 		}
 		if len(rows) == 0 {
-			return nil
+			return done, nil
 		}
 		type group struct {
 			r    store.AuditRecord
@@ -184,24 +197,29 @@ func (s *Server) materializeAudit(tx *store.Tx, patient string) error {
 				n := min(len(refs), auditMaxEntities)
 				ev := s.auditEvent(agent{who: g.r.Agent, client: g.r.Client, disclosure: g.r.Disclosure}, g.r.Interaction, g.r.Action, g.r.Start, g.r.End, patient, refs[:n], "0")
 				if _, err := tx.Create("AuditEvent", ev, store.CreateOptions{ID: ev.String("id"), Trusted: true}, nil); err != nil {
-					return err
+					return done, err
 				}
 				refs = refs[n:]
 			}
 		}
 		if err := tx.DoneAudit(ids); err != nil {
-			return err
+			return done, err
 		}
-		if len(rows) < 1000 {
-			return nil
+		done += len(rows)
+		if len(rows) < limit {
+			return done, nil
 		}
 	}
-	return nil
+	return done, nil
 }
 
 // materializeFor converts the audit log rows a search of AuditEvents may return: the caller's patient, the
-// patient the query names, or all.
-func (s *Server) materializeFor(ctx context.Context, acc *fhir.Access, vals map[string][]string) error {
+// patient the query names, or all. A patient's rows (with their entries taken from the journal) are converted in
+// one transaction: a patient's list is always complete.
+// Converting everything after a heavy load can take minutes (an AuditEvent per patient per flush), so a search of
+// all AuditEvents converts for at most auditSyncBudget and then answers with a warning if rows remain; the
+// background converter goes on with them.
+func (s *Server) materializeFor(ctx context.Context, acc *fhir.Access, vals map[string][]string) ([]fhir.Issue, error) {
 	patient := acc.PatientOnly()
 	if patient == "" {
 		patient = "*"
@@ -209,31 +227,86 @@ func (s *Server) materializeFor(ctx context.Context, acc *fhir.Access, vals map[
 			patient = strings.TrimPrefix(ps[0], "Patient/")
 		}
 	}
-	return s.store.InTx(ctx, func(tx *store.Tx) error { return s.materializeAudit(tx, patient) })
+	if patient != "*" {
+		return nil, s.store.InTx(ctx, func(tx *store.Tx) error { _, err := s.materializeAudit(tx, patient, 0); return err })
+	}
+	deadline := time.Now().Add(auditSyncBudget)
+	if err := s.convertAll(ctx, func(time.Duration) bool { return time.Now().Before(deadline) }); err != nil {
+		return nil, err
+	}
+	left, err := s.store.AuditBacklog(ctx)
+	if err != nil || left == 0 {
+		return nil, err
+	}
+	return []fhir.Issue{{Severity: fhir.SeverityWarning, Code: fhir.IssueIncomplete, Diagnostics: fmt.Sprintf(
+		"%d audit log rows (reads of a heavy load) are still being turned into AuditEvents in the background, so these results may miss them; "+
+			"a search with patient=<id> is always complete", left)}}, nil
 }
 
-// convertAudit turns pending audit rows into AuditEvents in the background, a bounded amount at a time.
+// convertAll splits the journal and converts every pending row, auditChunk rows per transaction; between
+// chunks, pause (when set) may hold it back or stop it (false).
+func (s *Server) convertAll(ctx context.Context, pause func(time.Duration) bool) error {
+	for _, step := range []func(tx *store.Tx) (int, error){
+		func(tx *store.Tx) (int, error) { return explodeAudit(tx, 1) },
+		func(tx *store.Tx) (int, error) { return s.materializeAudit(tx, "*", auditChunk) },
+	} {
+		for {
+			start := time.Now()
+			var n int
+			if err := s.store.InTx(ctx, func(tx *store.Tx) (err error) { n, err = step(tx); return err }); err != nil {
+				return err
+			}
+			if n == 0 {
+				break
+			}
+			if pause != nil && !pause(time.Since(start)) {
+				return nil
+			}
+		}
+	}
+	return nil
+}
+
+// convertAudit splits the journal and turns pending rows into AuditEvents in the background while the server is
+// quiet (fewer than auditBusy requests since the last tick), a chunk per transaction, resting four times as long
+// as each chunk took, so it holds the write lock at most a fifth of the time. Under load the journal just grows
+// (a row per agent per flush) and the conversion catches up when the load eases; a search of AuditEvents
+// converts what it may return itself, so it never misses a record.
 func (s *Server) convertAudit(done <-chan struct{}) {
 	t := time.NewTicker(2 * time.Second)
 	defer t.Stop()
+	last := s.requests.Load()
 	for {
 		select {
 		case <-done:
 			return
 		case <-t.C:
-			err := s.store.InTx(context.Background(), func(tx *store.Tx) error {
-				rows, err := tx.PendingAudit("*", 1)
-				if err != nil || len(rows) == 0 {
-					return err
-				}
-				return s.materializeAudit(tx, "*")
-			})
-			if err != nil {
-				s.log.Error("audit: converting the log to AuditEvents", "err", err)
+		}
+		n := s.requests.Load()
+		busy := n-last > auditBusy
+		last = n
+		if busy {
+			continue
+		}
+		err := s.convertAll(context.Background(), func(took time.Duration) bool {
+			if s.requests.Load()-last > auditBusy {
+				return false
 			}
+			select {
+			case <-done:
+				return false
+			case <-time.After(4 * took):
+				return true
+			}
+		})
+		if err != nil {
+			s.log.Error("audit: converting the log to AuditEvents", "err", err)
 		}
 	}
 }
+
+// auditSyncBudget is how long a search of all AuditEvents converts before answering (a variable for tests).
+var auditSyncBudget = 2 * time.Second
 
 // auditRec is a read waiting for the batched writer.
 type auditRec struct {
@@ -247,25 +320,44 @@ type auditRec struct {
 // auditLog is the batched writer of read records.
 type auditLog struct {
 	s       *Server
-	in      chan auditRec
+	mu      sync.Mutex
+	room    *sync.Cond // the writer took the pending records
+	pending []auditRec
+	closed  bool
+	kick    chan struct{}
 	flushCh chan chan struct{}
 	done    chan struct{}
 	once    sync.Once
 }
 
+// auditMaxPending is how many reads may wait for the writer before a request waits for it.
+const auditMaxPending = 1 << 16
+
 func newAuditLog(s *Server) *auditLog {
-	l := &auditLog{s: s, in: make(chan auditRec, 1<<16), flushCh: make(chan chan struct{}), done: make(chan struct{})}
+	l := &auditLog{s: s, kick: make(chan struct{}, 1), flushCh: make(chan chan struct{}), done: make(chan struct{})}
+	l.room = sync.NewCond(&l.mu)
 	go l.run()
 	go s.convertAudit(l.done)
 	return l
 }
 
-// record queues a read. It blocks (never drops) when the writer is behind.
+// record queues a read: an append under a lock, no wake-up of the writer (which takes the queue on its ticker).
+// It waits (never drops) when the writer is that far behind.
 func (l *auditLog) record(r auditRec) {
-	select {
-	case l.in <- r:
-	case <-l.done:
+	l.mu.Lock()
+	for len(l.pending) >= auditMaxPending && !l.closed {
+		l.room.Wait()
 	}
+	if !l.closed {
+		l.pending = append(l.pending, r)
+		if len(l.pending) == auditMaxPending {
+			select {
+			case l.kick <- struct{}{}:
+			default:
+			}
+		}
+	}
+	l.mu.Unlock()
 }
 
 // Flush writes everything queued so far.
@@ -281,6 +373,10 @@ func (l *auditLog) Flush() {
 func (l *auditLog) close() {
 	l.once.Do(func() {
 		l.Flush()
+		l.mu.Lock()
+		l.closed = true
+		l.room.Broadcast()
+		l.mu.Unlock()
 		close(l.done)
 	})
 }
@@ -288,39 +384,38 @@ func (l *auditLog) close() {
 func (l *auditLog) run() {
 	t := time.NewTicker(auditFlushInterval)
 	defer t.Stop()
-	var buf []auditRec
-	drain := func() {
-		for {
-			select {
-			case r := <-l.in:
-				buf = append(buf, r)
-			default:
-				return
-			}
+	var buf []auditRec // taken from the queue, not yet written (kept when a write fails)
+	take := func() {
+		l.mu.Lock()
+		if len(buf) == 0 {
+			buf, l.pending = l.pending, buf[:0]
+		} else {
+			buf = append(buf, l.pending...)
+			l.pending = l.pending[:0]
 		}
+		l.room.Broadcast()
+		l.mu.Unlock()
 	}
 	for {
 		select {
-		case r := <-l.in:
-			buf = append(buf, r)
-			if len(buf) >= 4096 {
-				buf = l.write(buf)
-			}
 		case <-t.C:
-			drain()
-			buf = l.write(buf)
+		case <-l.kick:
 		case ch := <-l.flushCh:
-			drain()
+			take()
 			buf = l.write(buf)
 			close(ch)
+			continue
 		case <-l.done:
 			return
 		}
+		take()
+		buf = l.write(buf)
 	}
 }
 
-// write groups the records by agent and interaction, splits each group by patient, and appends one log row per
-// (agent, interaction, patient).
+// write appends one journal row per (agent, interaction) of what arrived since the last flush, naming each
+// resource read with the patients whose compartments held it at the time ("Observation/7=p1"). Splitting the
+// journal by patient is left to explodeAudit, off the request path.
 func (l *auditLog) write(buf []auditRec) []auditRec {
 	if len(buf) == 0 {
 		return buf
@@ -331,9 +426,11 @@ func (l *auditLog) write(buf []auditRec) []auditRec {
 	var byRef []string
 	for _, r := range buf {
 		for i, k := range r.keys {
-			if k != 0 {
+			switch {
+			case strings.HasPrefix(r.refs[i], "Patient/"): // a Patient's compartment is itself alone
+			case k != 0:
 				keys = append(keys, k)
-			} else {
+			default:
 				byRef = append(byRef, r.refs[i])
 			}
 		}
@@ -350,41 +447,138 @@ func (l *auditLog) write(buf []auditRec) []auditRec {
 	}
 	type group struct {
 		rec  store.AuditRecord
-		refs []string
+		seen map[string]bool
 	}
 	groups := map[string]*group{}
 	var order []string
 	for _, r := range buf {
+		k := r.agent.key() + "|" + r.interaction
+		g := groups[k]
+		if g == nil {
+			g = &group{rec: store.AuditRecord{Start: r.at, End: r.at, Agent: r.agent.who, Client: r.agent.client, Interaction: r.interaction,
+				Action: "R", Patient: store.AuditJournal, Disclosure: r.agent.disclosure}, seen: map[string]bool{}}
+			groups[k] = g
+			order = append(order, k)
+		}
+		g.rec.End = r.at
 		for i, ref := range r.refs {
-			patients := pr[ref]
-			if r.keys[i] != 0 {
+			if g.seen[ref] {
+				continue
+			}
+			g.seen[ref] = true
+			var patients []string
+			switch {
+			case strings.HasPrefix(ref, "Patient/"):
+				patients = []string{ref[len("Patient/"):]}
+			case r.keys[i] != 0:
 				patients = pk[r.keys[i]]
+			default:
+				patients = pr[ref]
 			}
-			for _, p := range patients {
-				k := r.agent.key() + "|" + r.interaction + "|" + p
-				g := groups[k]
-				if g == nil {
-					g = &group{rec: store.AuditRecord{Start: r.at, End: r.at, Agent: r.agent.who, Client: r.agent.client, Interaction: r.interaction,
-						Action: "R", Patient: p, Disclosure: r.agent.disclosure}}
-					groups[k] = g
-					order = append(order, k)
-				}
-				g.rec.End = r.at
-				g.refs = append(g.refs, ref)
-			}
+			g.rec.Refs = append(g.rec.Refs, ref+"="+strings.Join(patients, ","))
 		}
 	}
 	recs := make([]store.AuditRecord, 0, len(order))
 	for _, k := range order {
-		g := groups[k]
-		g.rec.Refs = uniqStrings(g.refs)
-		recs = append(recs, g.rec)
+		recs = append(recs, groups[k].rec)
 	}
 	if err := s.store.LogAudit(ctx, recs); err != nil {
 		s.log.Error("audit: writing read records", "err", err, "records", len(recs))
 		return buf
 	}
 	return buf[:0]
+}
+
+// takeFromJournal writes a patient's entries of the read journal as log rows of their own and notes that they
+// were taken, so the journal rows need not be split for one patient's list (a scan of the journal's text,
+// which stays cheap where splitting it after a heavy load would write a row per patient read).
+func takeFromJournal(tx *store.Tx, patient string) error {
+	rows, err := tx.JournalFor(patient)
+	if err != nil || len(rows) == 0 {
+		return err
+	}
+	var recs []store.AuditRecord
+	var ids []int64
+	for _, j := range rows {
+		var refs []string
+		for _, e := range j.Refs {
+			ref, ps, _ := strings.Cut(e, "=")
+			for p := range strings.SplitSeq(ps, ",") {
+				if p == patient {
+					refs = append(refs, ref)
+					break
+				}
+			}
+		}
+		ids = append(ids, j.ID)
+		if len(refs) > 0 {
+			r := j
+			r.ID, r.Patient, r.Refs = 0, patient, refs
+			recs = append(recs, r)
+		}
+	}
+	if err := tx.LogAuditRows(recs); err != nil {
+		return err
+	}
+	return tx.TookFromJournal(patient, ids)
+}
+
+// explodeAudit splits up to max journal rows (0: all) into one log row per (agent, interaction, patient) — the
+// index by which a patient's AuditEvents are built — and says how many journal rows it split.
+func explodeAudit(tx *store.Tx, max int) (int, error) {
+	done := 0
+	for max == 0 || done < max {
+		limit := 50
+		if max > 0 {
+			limit = min(limit, max-done)
+		}
+		rows, err := tx.PendingAudit(store.AuditJournal, limit)
+		if err != nil || len(rows) == 0 {
+			return done, err
+		}
+		ids := make([]int64, 0, len(rows))
+		var recs []store.AuditRecord
+		for _, j := range rows {
+			ids = append(ids, j.ID)
+			taken, err := tx.JournalTaken(j.ID)
+			if err != nil {
+				return done, err
+			}
+			byPatient := map[string]int{}
+			for _, e := range j.Refs {
+				ref, ps, _ := strings.Cut(e, "=")
+				pts := strings.Split(ps, ",")
+				if ps == "" {
+					pts = []string{""} // a shared resource, in no patient's compartment
+				}
+				for _, p := range pts {
+					if taken[p] {
+						continue
+					}
+					i, ok := byPatient[p]
+					if !ok {
+						i = len(recs)
+						byPatient[p] = i
+						r := j
+						r.ID, r.Patient, r.Refs = 0, p, nil
+						recs = append(recs, r)
+					}
+					recs[i].Refs = append(recs[i].Refs, ref)
+				}
+			}
+		}
+		if err := tx.LogAuditRows(recs); err != nil {
+			return done, err
+		}
+		if err := tx.DoneAudit(ids); err != nil {
+			return done, err
+		}
+		done += len(rows)
+		if len(rows) < limit {
+			return done, nil
+		}
+	}
+	return done, nil
 }
 
 func uniqStrings(l []string) []string {

@@ -68,7 +68,7 @@ func (s *Server) everything(c *gin.Context) {
 	}
 	for _, t := range opt.Types {
 		if t == "AuditEvent" {
-			if err := s.materializeFor(c.Request.Context(), &fhir.Access{Patient: id}, nil); err != nil {
+			if _, err := s.materializeFor(c.Request.Context(), &fhir.Access{Patient: id}, nil); err != nil {
 				s.fail(c, err)
 				return
 			}

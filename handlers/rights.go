@@ -942,7 +942,7 @@ func InstallDefinitions(ctx context.Context, st *store.Store) error {
 func (s *Server) fulfilAccounting(tx *store.Tx, task *fhir.Object, a rights.Actor) (*rights.Plan, error) {
 	patient := strings.TrimPrefix(task.Object("for").String("reference"), "Patient/")
 	since := s.rights.Now().AddDate(-6, 0, 0).UTC().Format("2006-01-02")
-	if err := s.materializeAudit(tx, patient); err != nil {
+	if _, err := s.materializeAudit(tx, patient, 0); err != nil {
 		return nil, err
 	}
 	events, err := s.searchIn(tx, "AuditEvent", url2("patient", patient, "subtype", SystemAuditKind+"|"+AuditDisclosure, "date", "ge"+since, "_sort", "date"))

@@ -556,6 +556,27 @@ func TestAudit(t *testing.T) {
 		if n := len(bundleIDs(t, e.must(200, "GET", "/AuditEvent?patient=p2", pat, ""), "match")); n != 0 {
 			t.Errorf("p1 sees %d of p2's audit events", n)
 		}
+		// Staff searching the whole trail (no patient) find the backend's disclosure of p2 too, in an event of
+		// its own: the journal row of that search named both patients.
+		e.must(200, "GET", "/Observation/o2", sys, "")
+		e.h.FlushAudit()
+		all := e.must(200, "GET", "/AuditEvent?entity=Observation/o2", sys, "")
+		if n := len(bundleIDs(t, all, "match")); n != 3 || strings.Contains(string(all.body), "Observation/o1") {
+			t.Errorf("staff find %d events naming o2 (want its creation, the search and the read), or one mixing patients: %s", n, all.body)
+		}
+		// When converting everything would take longer than allowed, a staff search answers with what is
+		// converted and says so; a patient's list is still complete.
+		old := handlers.SetAuditSyncBudget(0)
+		e.must(200, "GET", "/Observation/o2", sys, "")
+		e.must(200, "GET", "/Observation/o1", sys, "")
+		e.h.FlushAudit()
+		if r := e.must(200, "GET", "/AuditEvent?entity=Observation/o2", sys, ""); !strings.Contains(string(r.body), `"incomplete"`) {
+			t.Errorf("a search of all AuditEvents with rows left to convert does not warn: %s", r.body)
+		}
+		handlers.SetAuditSyncBudget(old)
+		if r := e.must(200, "GET", "/AuditEvent?patient=p1&entity=Observation/o1&subtype=read", pat, ""); len(bundleIDs(t, r, "match")) != 3 || strings.Contains(string(r.body), `"incomplete"`) {
+			t.Errorf("p1's list misses the last read of o1 (want the patient's own, the clinician's and the backend's): %s", r.body)
+		}
 		// A change that fails leaves no audit: a transaction with a bad entry.
 		before := len(auditLines(t, e, sys, "p1"))
 		e.must(400, "POST", "", sys, `{"resourceType":"Bundle","type":"transaction","entry":[

@@ -63,8 +63,9 @@ func (s *Server) search(typ string) gin.HandlerFunc {
 			s.fail(c, err)
 			return
 		}
+		var auditWarnings []fhir.Issue
 		if typ == "AuditEvent" {
-			if err := s.materializeFor(c.Request.Context(), p.Access(), vals); err != nil {
+			if auditWarnings, err = s.materializeFor(c.Request.Context(), p.Access(), vals); err != nil {
 				s.fail(c, err)
 				return
 			}
@@ -74,6 +75,7 @@ func (s *Server) search(typ string) gin.HandlerFunc {
 			s.fail(c, err)
 			return
 		}
+		page.Warnings = append(page.Warnings, auditWarnings...)
 		more, err := s.disputeIncludes(c.Request.Context(), p, page)
 		if err != nil {
 			s.fail(c, err)
@@ -176,7 +178,8 @@ func (s *Server) history(typ string) gin.HandlerFunc {
 		}
 		acc := p.Access()
 		if typ == "AuditEvent" || typ == "" {
-			if err := s.materializeFor(c.Request.Context(), acc, nil); err != nil {
+			// History has no place for a warning: it shows what is converted once the time allowed is up.
+			if _, err := s.materializeFor(c.Request.Context(), acc, nil); err != nil {
 				s.fail(c, err)
 				return
 			}

@@ -39,41 +39,55 @@ func (t *Tx) LogAudit(r AuditRecord) error {
 	return t.exec(`INSERT INTO audit_log (`+auditCols+`) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)`, auditArgs(r)...)
 }
 
-// LogAudit writes a batch of records (the read log) in one transaction, a few hundred rows per statement.
+// AuditJournal is the Patient value of a journal row: the reads of one flush by one agent, each resource with
+// the patients whose compartments held it ("Observation/7=p1,p2"), not yet split by patient.
+const AuditJournal = "#"
+
+// LogAudit writes a batch of records (the read journal) in one transaction.
 func (s *Store) LogAudit(ctx context.Context, recs []AuditRecord) error {
-	return s.InTx(ctx, func(t *Tx) error {
-		for len(recs) > 0 {
-			n := min(len(recs), 200)
-			var b strings.Builder
-			b.WriteString(`INSERT INTO audit_log (` + auditCols + `) VALUES `)
-			args := make([]any, 0, n*9)
-			for i, r := range recs[:n] {
-				if i > 0 {
-					b.WriteString(", ")
-				}
-				b.WriteString("(?, ?, ?, ?, ?, ?, ?, ?, ?)")
-				args = append(args, auditArgs(r)...)
-			}
-			if err := t.exec(b.String(), args...); err != nil {
-				return err
-			}
-			recs = recs[n:]
-		}
-		return nil
-	})
+	return s.InTx(ctx, func(t *Tx) error { return t.LogAuditRows(recs) })
 }
 
-// PendingAudit returns up to limit records not yet turned into AuditEvents, of one patient (or of all when
-// patient is "*"), oldest first.
+// LogAuditRows writes records in t, a few hundred rows per statement.
+func (t *Tx) LogAuditRows(recs []AuditRecord) error {
+	for len(recs) > 0 {
+		n := min(len(recs), 200)
+		var b strings.Builder
+		b.WriteString(`INSERT INTO audit_log (` + auditCols + `) VALUES `)
+		args := make([]any, 0, n*9)
+		for i, r := range recs[:n] {
+			if i > 0 {
+				b.WriteString(", ")
+			}
+			b.WriteString("(?, ?, ?, ?, ?, ?, ?, ?, ?)")
+			args = append(args, auditArgs(r)...)
+		}
+		if err := t.exec(b.String(), args...); err != nil {
+			return err
+		}
+		recs = recs[n:]
+	}
+	return nil
+}
+
+// PendingAudit returns up to limit records not yet turned into AuditEvents, of one patient (or of all patients
+// when patient is "*"; journal rows when it is AuditJournal), oldest first.
 func (t *Tx) PendingAudit(patient string, limit int) ([]AuditRecord, error) {
 	q := `SELECT id, ` + auditCols + ` FROM audit_log`
 	var args []any
-	if patient != "*" {
+	if patient == "*" {
+		q += ` WHERE patient <> ?`
+		args = append(args, AuditJournal)
+	} else {
 		q += ` WHERE patient = ?`
 		args = append(args, patient)
 	}
 	q += ` ORDER BY id LIMIT ?`
 	args = append(args, limit)
+	return t.auditRows(q, args...)
+}
+
+func (t *Tx) auditRows(q string, args ...any) ([]AuditRecord, error) {
 	rows, err := t.queryContext(t.s.d.rebind(q), args...)
 	if err != nil {
 		return nil, t.s.dbErr("reading the audit log", err)
@@ -94,25 +108,72 @@ func (t *Tx) PendingAudit(patient string, limit int) ([]AuditRecord, error) {
 	return out, rows.Err()
 }
 
-// DoneAudit removes records that became AuditEvents.
+// AuditBacklog counts the audit log rows not yet turned into AuditEvents (journal rows count once each).
+func (s *Store) AuditBacklog(ctx context.Context) (int, error) {
+	var n int
+	if err := s.db.QueryRowContext(ctx, `SELECT COUNT(*) FROM audit_log`).Scan(&n); err != nil {
+		return 0, s.dbErr("reading the audit log", err)
+	}
+	return n, nil
+}
+
+// DoneAudit removes records that became AuditEvents (and, for journal rows, the patients taken out of them).
 func (t *Tx) DoneAudit(ids []int64) error {
 	for len(ids) > 0 {
 		n := min(len(ids), 500)
-		q := &sqlb{}
-		q.w("DELETE FROM audit_log WHERE id IN (")
-		for i, id := range ids[:n] {
-			if i > 0 {
-				q.w(", ")
+		for _, stmt := range []string{"DELETE FROM audit_log WHERE id IN (", "DELETE FROM audit_done WHERE journal IN ("} {
+			q := &sqlb{}
+			q.w(stmt)
+			for i, id := range ids[:n] {
+				if i > 0 {
+					q.w(", ")
+				}
+				q.arg(id)
 			}
-			q.arg(id)
-		}
-		q.w(")")
-		if err := t.exec(q.b.String(), q.args...); err != nil {
-			return err
+			q.w(")")
+			if err := t.exec(q.b.String(), q.args...); err != nil {
+				return err
+			}
 		}
 		ids = ids[n:]
 	}
 	return nil
+}
+
+// JournalFor returns the journal rows that may name patient (their text contains it) and that it was not yet
+// taken out of. The caller checks each entry.
+func (t *Tx) JournalFor(patient string) ([]AuditRecord, error) {
+	return t.auditRows(`SELECT id, `+auditCols+` FROM audit_log a WHERE patient = ? AND refs LIKE ?
+		AND NOT EXISTS (SELECT 1 FROM audit_done d WHERE d.journal = a.id AND d.patient = ?) ORDER BY id`,
+		AuditJournal, "%"+patient+"%", patient)
+}
+
+// TookFromJournal records that patient's entries of these journal rows were written as rows of their own.
+func (t *Tx) TookFromJournal(patient string, ids []int64) error {
+	for _, id := range ids {
+		if err := t.exec(`INSERT INTO audit_done (journal, patient) VALUES (?, ?)`, id, patient); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// JournalTaken returns the patients already taken out of a journal row.
+func (t *Tx) JournalTaken(id int64) (map[string]bool, error) {
+	rows, err := t.queryContext(t.s.d.rebind(`SELECT patient FROM audit_done WHERE journal = ?`), id)
+	if err != nil {
+		return nil, t.s.dbErr("reading the audit log", err)
+	}
+	defer rows.Close()
+	out := map[string]bool{}
+	for rows.Next() {
+		var p string
+		if err := rows.Scan(&p); err != nil {
+			return nil, t.s.dbErr("reading the audit log", err)
+		}
+		out[p] = true
+	}
+	return out, rows.Err()
 }
 
 // PatientsOfKeys returns the patients whose compartments hold each stored resource (by Stored.Key).

@@ -105,6 +105,9 @@ var migrations = []migration{
 			interaction {text} NOT NULL, action {text} NOT NULL, patient {text} NOT NULL, refs {text} NOT NULL, disclosure {int} NOT NULL)`,
 		`CREATE INDEX audit_log_patient ON audit_log (patient, id)`,
 	}},
+	{6, "audit journal: the patients already taken out of a journal row", []string{
+		`CREATE TABLE audit_done (journal {int} NOT NULL, patient {text} NOT NULL, PRIMARY KEY (journal, patient)){norowid}`,
+	}},
 }
 
 // SchemaVersion is the schema version this build writes.

@@ -40,14 +40,15 @@ func main() {
 	dbURL := flag.String("database-url", "", "run on this PostgreSQL database instead of SQLite")
 	data := flag.String("data", "", "data directory to use (default: a new temporary one)")
 	synthea := flag.String("synthea", "", "Synthea bundles to load (default: ../shared/data/synthea or testdata/synthea)")
+	cpuProfile := flag.String("cpuprofile", "", "write the server's CPU profile to this file (go tool pprof bin/carta FILE)")
 	flag.Parse()
-	if err := run(*carta, *patients, *duration, *conns, *dbURL, *data, *synthea); err != nil {
+	if err := run(*carta, *patients, *duration, *conns, *dbURL, *data, *synthea, *cpuProfile); err != nil {
 		fmt.Fprintln(os.Stderr, "loadtest:", err)
 		os.Exit(1)
 	}
 }
 
-func run(carta string, patients int, duration time.Duration, conns int, dbURL, data, synthea string) error {
+func run(carta string, patients int, duration time.Duration, conns int, dbURL, data, synthea, cpuProfile string) error {
 	for _, tool := range []string{"wrk", "taskset"} {
 		if _, err := exec.LookPath(tool); err != nil {
 			return fmt.Errorf("%s is needed (apt-get install wrk util-linux)", tool)
@@ -84,6 +85,12 @@ func run(carta string, patients int, duration time.Duration, conns int, dbURL, d
 	defer serverLog.Close()
 	srv := exec.Command("taskset", "-c", "0", carta, "serve", "--data", data, "--addr", addr)
 	srv.Env, srv.Stdout, srv.Stderr = env, serverLog, serverLog
+	if cpuProfile != "" {
+		if cpuProfile, err = filepath.Abs(cpuProfile); err != nil {
+			return err
+		}
+		srv.Env = append(append([]string{}, env...), "CARTA_CPUPROFILE="+cpuProfile)
+	}
 	if err := srv.Start(); err != nil {
 		return err
 	}
@@ -168,6 +175,21 @@ end`,
 		rss, hwm = memory(pid)
 	}
 
+	// The audit trail the runs left: the first AuditEvent search takes the patient's entries from the read journal; the
+	// patient's list again, then a staff search of everything (converting for at most 2 s).
+	auditTimes := make([]time.Duration, 3)
+	for i, q := range []struct{ url, tok string }{
+		{base + "/AuditEvent?patient=bench-000042&_count=1", ptok},
+		{base + "/AuditEvent?patient=bench-000042&_count=1", ptok},
+		{base + "/AuditEvent?_count=1", tok},
+	} {
+		start := time.Now()
+		if _, err := fetch(q.url, q.tok); err != nil {
+			return fmt.Errorf("audit search: %w", err)
+		}
+		auditTimes[i] = time.Since(start)
+	}
+
 	// The ceiling: a bare gin handler returning one Patient's bytes.
 	body, err := fetch(base+"/Patient/bench-000042", tok)
 	if err != nil {
@@ -212,6 +234,8 @@ end`,
 	row("bare gin handler, same bytes (ceiling)", ceiling)
 	fmt.Printf("\nread / ceiling: %.0f%%   server RSS after the runs: %d MB (peak %d MB)\n",
 		100*results["read"].rps/ceiling.rps, rss/1024, hwm/1024)
+	fmt.Printf("audit after the runs: a patient's first AuditEvent search %s (takes its entries from the read journal), the next %s; a staff search of all %s (converts for up to 2 s, then warns of the rest)\n",
+		auditTimes[0].Round(time.Millisecond), auditTimes[1].Round(time.Millisecond), auditTimes[2].Round(time.Millisecond))
 	return nil
 }
 
@@ -310,6 +334,9 @@ func fetch(url, tok string) ([]byte, error) {
 		return nil, err
 	}
 	defer res.Body.Close()
+	if res.StatusCode != http.StatusOK {
+		return nil, fmt.Errorf("GET %s: %s", url, res.Status)
+	}
 	var b strings.Builder
 	sc := bufio.NewScanner(res.Body)
 	sc.Buffer(make([]byte, 1<<20), 1<<24)
