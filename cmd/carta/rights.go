@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"sort"
 	"strings"
 	"text/tabwriter"
 	"time"
@@ -80,6 +81,14 @@ func (f *rightsFlags) rules(loc *time.Location) (*rights.Rules, []string, error)
 			}
 			prof := rights.Profile{Code: p.Code, Title: p.Title, Source: p.Source, FederalHolidays: p.FederalHolidays, Clocks: map[string]rights.Clock{}}
 			for code, c := range p.Clocks {
+				if _, ok := rights.HIPAA.Clocks[code]; !ok {
+					var known []string
+					for k := range rights.HIPAA.Clocks {
+						known = append(known, k)
+					}
+					sort.Strings(known)
+					return nil, nil, fmt.Errorf("--rights-config profile %s: no request type %q (known: %s)", p.Code, code, strings.Join(known, ", "))
+				}
 				if c.Days <= 0 {
 					return nil, nil, fmt.Errorf("--rights-config profile %s: %s needs days > 0", p.Code, code)
 				}

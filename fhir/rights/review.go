@@ -108,6 +108,7 @@ func (r *Rules) DecideReview(review, denied *fhir.Object, a Actor, who Reviewer,
 	addIO(orig, "output", io(SystemAccessOutput, OutReviewDecision, "Review decision", "valueReference", ref("Communication/"+n.String("id"))))
 	if outcome == BSReversed {
 		r.setStep(orig, KindAccess, Step{StatusInProgress, BSInReview})
+		orig.Delete("statusReason") // the denial's ground no longer explains the status; the notice and decision stay in output
 		if p := orig.Object("executionPeriod"); p != nil {
 			p.Delete("end")
 		}
