@@ -322,6 +322,52 @@ func TestAmendmentWorkflow(t *testing.T) {
 	}
 }
 
+// TestRepresentativeAndDisclosure: a personal representative (a RelatedPerson's token for the patient) files an
+// amendment request through the $correction-request spelling; after a denial with no statement of disagreement,
+// a disclosure outside the provider carries the request and the denial only once the patient asked for that
+// (164.526(d)(1)(iii), (d)(5)); the provider's staff see them with the record either way.
+func TestRepresentativeAndDisclosure(t *testing.T) {
+	for _, b := range storetest.Backends(t) {
+		t.Run(b.Name, func(t *testing.T) {
+			re := newRightsEnv(t, b)
+			e := re.env
+			e.must(201, "PUT", "/RelatedPerson/mum", re.sys, `{"resourceType":"RelatedPerson","id":"mum","patient":{"reference":"Patient/p1"}}`)
+			rep := e.tok(auth.Grant{Subject: "RelatedPerson/mum", FHIRUser: "RelatedPerson/mum", Patient: "p1", Scope: "patient/*.cruds"})
+			rule(t, e.do("POST", "/Communication/$correction-request", rep, correctionBundle("medRecCxReq",
+				`,"payload":[{"contentString":"wrong"},{"contentReference":{"reference":"DocumentReference/d9"}}]`)), 422, "not one of your records")
+			rule(t, e.do("POST", "/Communication/$correction-request", rep, strings.Replace(correctionBundle("medRecCxReq",
+				`,"payload":[{"contentString":"wrong"}]`), "Patient/p1", "Patient/p2", 1)), 403, "their own record only")
+			r := e.must(201, "POST", "/Communication/$correction-request", rep, correctionBundle("medRecCxReq",
+				`,"payload":[{"contentString":"My weight is 80 kg."},{"contentReference":{"reference":"DocumentReference/d2"}}]`))
+			var out struct{ Entry []struct{ Resource map[string]any } }
+			json.Unmarshal(r.body, &out)
+			task := "/Task/" + out.Entry[1].Resource["id"].(string)
+			if req := out.Entry[1].Resource["requester"].(map[string]any)["reference"]; req != "RelatedPerson/mum" {
+				t.Fatalf("the representative is the requester: %v", req)
+			}
+			e.must(200, "POST", task+"/$deny", re.denier, params("ground", "accurate-and-complete", "basis", "the weight was measured twice"))
+			disclosed := func() int {
+				return len(bundleIDs(t, e.must(200, "GET", "/DocumentReference?_id=d2", re.sys, ""), "include"))
+			}
+			if n := len(bundleIDs(t, e.must(200, "GET", "/DocumentReference?_id=d2", re.clerk, ""), "include")); n != 2 {
+				t.Fatalf("staff see the request and the denial with the record: %d", n)
+			}
+			if n := disclosed(); n != 0 {
+				t.Fatalf("without a statement of disagreement and unasked, a disclosure carries %d dispute documents", n)
+			}
+			// The patient asks that they go along: an extension on their request.
+			cur := e.must(200, "GET", task, re.pat, "").json(t)
+			exts, _ := cur.Get("extension")
+			list, _ := exts.([]any)
+			cur.Set("extension", append(list, obj(t, `{"url":"`+rights.ExtDiscloseDispute+`","valueBoolean":true}`)))
+			e.must(200, "PUT", task, re.pat, string(fhir.AppendJSON(nil, cur)))
+			if n := disclosed(); n != 2 {
+				t.Fatalf("asked, a disclosure carries the request and the denial: %d", n)
+			}
+		})
+	}
+}
+
 // TestEverythingAndRestrictedRecords: Patient/$everything returns the patient's compartment with the shared
 // resources it points to, pages, filters by _type and _since; psychotherapy notes never reach a patient token by
 // any path (rights.md §8), while the provider's staff see them.

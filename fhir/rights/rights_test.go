@@ -359,6 +359,18 @@ func TestPatientMayOnlyCancel(t *testing.T) {
 	edited.Set("note", []any{obj("text", "changed")})
 	_, err = f.Update(p.Task, edited, clerk, Dispute{})
 	wantRule(t, err, 403, "only by its author")
+	// Inputs are the requester's; outputs the records office's.
+	reworded := fhir.Clone(task).(*fhir.Object)
+	reworded.Set("input", []any{io(SystemAccessInput, InRequestedFormat, "", "valueCode", "text/html")})
+	_, err = f.Update(task, reworded, clerk, Dispute{})
+	wantRule(t, err, 403, "only the requester side writes Task.input")
+	if _, err := f.Update(task, reworded, patient, Dispute{}); err != nil {
+		t.Errorf("the patient changes what they asked for: %v", err)
+	}
+	selfServed := fhir.Clone(task).(*fhir.Object)
+	selfServed.Set("output", []any{io(SystemAccessOutput, OutDelivered, "", "valueReference", ref("DocumentReference/d1"))})
+	_, err = f.Update(task, selfServed, patient, Dispute{})
+	wantRule(t, err, 403, "a requester may only cancel")
 	// Server fields: a change is refused, an echo is fine.
 	changed := fhir.Clone(task).(*fhir.Object)
 	changed.Set("authoredOn", "2026-01-01T00:00:00Z")
