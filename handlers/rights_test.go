@@ -339,7 +339,9 @@ func TestRepresentativeAndDisclosure(t *testing.T) {
 				`,"payload":[{"contentString":"wrong"}]`), "Patient/p1", "Patient/p2", 1)), 403, "their own record only")
 			r := e.must(201, "POST", "/Communication/$correction-request", rep, correctionBundle("medRecCxReq",
 				`,"payload":[{"contentString":"My weight is 80 kg."},{"contentReference":{"reference":"DocumentReference/d2"}}]`))
-			var out struct{ Entry []struct{ Resource map[string]any } }
+			var out struct {
+				Entry []struct{ Resource map[string]any }
+			}
 			json.Unmarshal(r.body, &out)
 			task := "/Task/" + out.Entry[1].Resource["id"].(string)
 			if req := out.Entry[1].Resource["requester"].(map[string]any)["reference"]; req != "RelatedPerson/mum" {
