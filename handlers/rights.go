@@ -783,6 +783,16 @@ func (s *Server) correctionRequest(c *gin.Context) {
 			if err2 != nil {
 				return err2
 			}
+			if len(objectsOf(comm, "inResponseTo")) == 0 {
+				// The thread's last message is the one this answers (the IG links them by inResponseTo).
+				prev, err2 := s.searchIn(tx, "Communication", url2("about", "Task/"+t.String("id"), "_sort", "-sent"))
+				if err2 != nil {
+					return err2
+				}
+				if len(prev) > 0 {
+					comm.Set("inResponseTo", []any{&fhir.Object{Keys: []string{"reference"}, Vals: []any{"Communication/" + prev[0].ID}}})
+				}
+			}
 			if plan, err = s.rights.FollowUp(comm, t, a); err == nil {
 				task, err = tx.Read("Task", t.String("id"), nil)
 			}

@@ -238,6 +238,14 @@ func TestAmendmentWorkflow(t *testing.T) {
 			if c := e.must(200, "GET", "/Communication/"+commID, re.pat, ""); str(t, c, "about", "0", "reference") != "Task/"+id {
 				t.Fatalf("the Communication points at its Task: %s", c.body)
 			}
+			// A later message joins the thread: about the Task, partOf the first message, in response to the last.
+			fr := e.must(200, "POST", "/Communication/$correctionrequest", re.pat, correctionBundle("medRecCxReq",
+				`,"partOf":[{"reference":"Communication/`+commID+`"}],"payload":[{"contentString":"I attach the pharmacy's letter."}]`))
+			json.Unmarshal(fr.body, &out)
+			follow := out.Entry[0].Resource
+			if out.Entry[1].Resource["id"] != id || !strings.Contains(fmt.Sprint(follow["about"]), "Task/"+id) || !strings.Contains(fmt.Sprint(follow["inResponseTo"]), "Communication/"+commID) {
+				t.Fatalf("a follow-up joins the thread of Task/%s in response to Communication/%s: %s", id, commID, fr.body)
+			}
 			// A disagreement before any denial.
 			rule(t, e.do("POST", "/Communication/$correctionrequest", re.pat, correctionBundle("medRecCxDenialDisagree",
 				`,"about":[{"reference":"Task/`+id+`"}],"payload":[{"contentString":"I disagree"}]`)), 422, "needs a prior denial")
