@@ -45,6 +45,8 @@ Usage:
   carta users list | passwd --username U --password P|- | disable --username U  manage logins
   carta launch --client ID --patient ID [--user Practitioner/ID]               print an EHR launch URL
   carta overdue [--json]                                                       list open patient-rights requests past due
+  carta conformance --base URL [--config FILE] [--group ID]... [--list] [--report text|json|junit] [--out FILE]
+                                                                               test any FHIR server for patient access
   carta version                                                                print the version
 
 Environment: CARTA_ADDR, CARTA_DATA_DIR, CARTA_DATABASE_URL (postgres://...), CARTA_REDIS_URL, CARTA_BASE_URL,
@@ -84,6 +86,8 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdin i
 		err = launchCmd(ctx, args[1:], getenv, stdout, stderr)
 	case "overdue":
 		err = overdueCmd(ctx, args[1:], getenv, stdout, stderr)
+	case "conformance":
+		err = conformanceCmd(ctx, args[1:], getenv, stdout, stderr)
 	case "version", "--version", "-v":
 		fmt.Fprintln(stdout, "carta", carta())
 		return 0

@@ -1,0 +1,345 @@
+package conformance
+
+import (
+	"context"
+	"encoding/json"
+	"encoding/xml"
+	"io"
+	"net/http"
+	"net/http/httptest"
+	"net/url"
+	"sort"
+	"strconv"
+	"strings"
+	"testing"
+)
+
+// fakeServer is a small FHIR patient-access server that behaves correctly for everything the suite asks, except
+// for the defects switched on. It shows that the suite is not tuned to Carta: with no defect it passes; with each
+// defect exactly the tests for it fail.
+type fakeServer struct {
+	leak        bool // an unfiltered DocumentReference search returns every patient's documents
+	noETag      bool // reads carry no ETag
+	anonymous   bool // a request without a token is answered 200 instead of 401
+	collection  bool // searches answer with a Bundle of type collection instead of searchset
+	relativeURL bool // the SMART configuration has a relative endpoint URL
+	base        string
+}
+
+var fakeTokens = map[string]string{"tok-a": "a", "tok-b": "b", "tok-sys": ""}
+
+var fakePatients = map[string]map[string]any{
+	"a": {"resourceType": "Patient", "id": "a", "meta": map[string]any{"versionId": "1"}, "identifier": []any{map[string]any{"system": "urn:mrn", "value": "A-1"}},
+		"name": []any{map[string]any{"family": "Adams", "given": []any{"Ann"}}}, "gender": "female", "birthDate": "1980-02-03"},
+	"b": {"resourceType": "Patient", "id": "b", "meta": map[string]any{"versionId": "1"}, "identifier": []any{map[string]any{"system": "urn:mrn", "value": "B-1"}},
+		"name": []any{map[string]any{"family": "Baker", "given": []any{"Bob"}}}, "gender": "male", "birthDate": "1975-05-06"},
+}
+
+func fakeDoc(id, patient, date, bin string) map[string]any {
+	att := map[string]any{"contentType": "text/plain", "data": "aGVsbG8="}
+	if bin != "" {
+		att = map[string]any{"contentType": "text/plain", "url": bin}
+	}
+	return map[string]any{"resourceType": "DocumentReference", "id": id, "status": "current", "subject": map[string]any{"reference": "Patient/" + patient},
+		"date": date, "type": map[string]any{"coding": []any{map[string]any{"system": "http://loinc.org", "code": "11506-3"}}},
+		"category": []any{map[string]any{"coding": []any{map[string]any{"system": "http://hl7.org/fhir/us/core/CodeSystem/us-core-documentreference-category", "code": "clinical-note"}}}},
+		"content":  []any{map[string]any{"attachment": att}}}
+}
+
+var fakeDocs = []map[string]any{
+	fakeDoc("a1", "a", "2024-01-10T10:00:00Z", ""), fakeDoc("a2", "a", "2024-02-10T10:00:00Z", ""), fakeDoc("b1", "b", "2024-01-10T10:00:00Z", "Binary/bin-b"),
+}
+
+func (f *fakeServer) write(w http.ResponseWriter, status int, v any) {
+	w.Header().Set("Content-Type", "application/fhir+json")
+	w.WriteHeader(status)
+	json.NewEncoder(w).Encode(v)
+}
+
+func (f *fakeServer) outcome(w http.ResponseWriter, status int, msg string) {
+	f.write(w, status, map[string]any{"resourceType": "OperationOutcome", "issue": []any{map[string]any{"severity": "error", "code": "processing", "diagnostics": msg}}})
+}
+
+func (f *fakeServer) oauth(w http.ResponseWriter, status int, code string) {
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(status)
+	json.NewEncoder(w).Encode(map[string]any{"error": code})
+}
+
+func (f *fakeServer) bundle(w http.ResponseWriter, r *http.Request, path string, all []map[string]any, q url.Values) {
+	count, _ := strconv.Atoi(q.Get("_count"))
+	if count <= 0 {
+		count = 50
+	}
+	off, _ := strconv.Atoi(q.Get("_offset"))
+	page := all[min(off, len(all)):min(off+count, len(all))]
+	typ := "searchset"
+	if f.collection {
+		typ = "collection"
+	}
+	self := url.Values{}
+	for k, v := range q {
+		self[k] = v
+	}
+	links := []any{map[string]any{"relation": "self", "url": f.base + "/" + path + "?" + self.Encode()}}
+	if off+count < len(all) {
+		self.Set("_offset", strconv.Itoa(off+count))
+		links = append(links, map[string]any{"relation": "next", "url": f.base + "/" + path + "?" + self.Encode()})
+	}
+	var entries []any
+	for _, res := range page {
+		entries = append(entries, map[string]any{"fullUrl": f.base + "/" + res["resourceType"].(string) + "/" + res["id"].(string), "resource": res, "search": map[string]any{"mode": "match"}})
+	}
+	f.write(w, 200, map[string]any{"resourceType": "Bundle", "type": typ, "total": len(all), "link": links, "entry": entries})
+}
+
+func (f *fakeServer) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	path := strings.TrimPrefix(r.URL.Path, "/fhir/")
+	if r.URL.Path == "/fhir" {
+		path = ""
+	}
+	if path == "metadata" || path == ".well-known/smart-configuration" {
+		w.Header().Set("Access-Control-Allow-Origin", "*")
+	}
+	switch path {
+	case "metadata":
+		f.write(w, 200, map[string]any{"resourceType": "CapabilityStatement", "status": "active", "kind": "instance", "fhirVersion": "4.0.1", "format": []any{"json"},
+			"rest": []any{map[string]any{"mode": "server", "resource": []any{
+				map[string]any{"type": "Patient", "interaction": []any{map[string]any{"code": "read"}, map[string]any{"code": "vread"}, map[string]any{"code": "search-type"}}},
+				map[string]any{"type": "DocumentReference", "interaction": []any{map[string]any{"code": "read"}, map[string]any{"code": "search-type"}}},
+			}}}})
+		return
+	case ".well-known/smart-configuration":
+		revoke := f.base + "/revoke"
+		if f.relativeURL {
+			revoke = "/fhir/revoke"
+		}
+		w.Header().Set("Content-Type", "application/json")
+		json.NewEncoder(w).Encode(map[string]any{"token_endpoint": f.base + "/token", "authorization_endpoint": f.base + "/authorize",
+			"introspection_endpoint": f.base + "/introspect", "revocation_endpoint": revoke, "grant_types_supported": []any{"authorization_code", "refresh_token"},
+			"capabilities": []any{"launch-standalone", "client-public", "context-standalone-patient", "permission-patient"}, "code_challenge_methods_supported": []any{"S256"},
+			"scopes_supported": []any{"patient/*.rs"}, "response_types_supported": []any{"code"}})
+		return
+	case "token":
+		r.ParseForm()
+		switch {
+		case r.Header.Get("Authorization") != "":
+			f.oauth(w, 401, "invalid_client")
+		case r.PostForm.Get("grant_type") == "authorization_code" || r.PostForm.Get("grant_type") == "refresh_token":
+			f.oauth(w, 400, "invalid_grant")
+		default:
+			f.oauth(w, 400, "unsupported_grant_type")
+		}
+		return
+	}
+	tok := strings.TrimPrefix(r.Header.Get("Authorization"), "Bearer ")
+	patient, known := fakeTokens[tok]
+	if !known {
+		if tok == "" && f.anonymous {
+			patient = "a"
+		} else {
+			w.Header().Set("WWW-Authenticate", `Bearer realm="fhir"`)
+			f.outcome(w, 401, "a valid bearer token is needed")
+			return
+		}
+	}
+	if path == "introspect" {
+		r.ParseForm()
+		p, ok := fakeTokens[r.PostForm.Get("token")]
+		w.Header().Set("Content-Type", "application/json")
+		if !ok {
+			json.NewEncoder(w).Encode(map[string]any{"active": false})
+			return
+		}
+		json.NewEncoder(w).Encode(map[string]any{"active": true, "scope": "patient/*.rs", "patient": p})
+		return
+	}
+	if strings.Contains(r.Header.Get("Accept"), "xml") {
+		f.outcome(w, 406, "JSON only")
+		return
+	}
+	q := r.URL.Query()
+	if r.Method == http.MethodPost {
+		if !strings.HasSuffix(path, "/_search") {
+			f.outcome(w, 405, "this server is read-only")
+			return
+		}
+		if r.Header.Get("Content-Type") != "application/x-www-form-urlencoded" {
+			f.outcome(w, 415, "a search body is form-encoded")
+			return
+		}
+		b, _ := io.ReadAll(r.Body)
+		form, _ := url.ParseQuery(string(b))
+		for k, v := range form {
+			q[k] = v
+		}
+		path = strings.TrimSuffix(path, "/_search")
+	} else if r.Method != http.MethodGet {
+		f.outcome(w, 405, "this server is read-only")
+		return
+	}
+	allowed := func(p string) bool { return patient == "" || p == patient }
+	parts := strings.Split(path, "/")
+	switch {
+	case len(parts) == 1 && parts[0] == "Patient":
+		if bd := q.Get("birthdate"); bd != "" && (len(bd) < 4 || bd[0] < '0' || bd[0] > '9') {
+			f.outcome(w, 400, "birthdate: not a date")
+			return
+		}
+		var out []map[string]any
+		keys := []string{"a", "b"}
+		for _, k := range keys {
+			p := fakePatients[k]
+			if !allowed(k) || (q.Get("_id") != "" && q.Get("_id") != k) || (q.Get("gender") != "" && q.Get("gender") != p["gender"]) ||
+				(q.Get("birthdate") != "" && q.Get("birthdate") != p["birthDate"]) ||
+				(q.Get("name") != "" && !nameMatches(p, q.Get("name"))) ||
+				(q.Get("identifier") != "" && !strings.HasSuffix(q.Get("identifier"), "|"+str(p, "identifier", 0, "value"))) {
+				continue
+			}
+			out = append(out, p)
+		}
+		f.bundle(w, r, "Patient", out, q)
+	case len(parts) == 2 && parts[0] == "Patient":
+		p, ok := fakePatients[parts[1]]
+		if !ok || !allowed(parts[1]) {
+			f.outcome(w, 404, "no such Patient")
+			return
+		}
+		if !f.noETag {
+			w.Header().Set("ETag", `W/"1"`)
+		}
+		w.Header().Set("Last-Modified", "Mon, 02 Mar 2026 10:00:00 GMT")
+		f.write(w, 200, p)
+	case len(parts) == 4 && parts[0] == "Patient" && parts[2] == "_history" && parts[3] == "1" && fakePatients[parts[1]] != nil && allowed(parts[1]):
+		f.write(w, 200, fakePatients[parts[1]])
+	case len(parts) == 1 && parts[0] == "DocumentReference":
+		want := strings.TrimPrefix(q.Get("patient"), "Patient/")
+		if want == "" {
+			want = strings.TrimPrefix(q.Get("subject"), "Patient/")
+		}
+		if want == "" {
+			want = q.Get("subject:Patient._id")
+		}
+		if name := q.Get("subject:Patient.name"); name != "" {
+			want = "nobody"
+			for k, p := range fakePatients {
+				if nameMatches(p, name) {
+					want = k
+				}
+			}
+		}
+		var out []map[string]any
+		for _, d := range fakeDocs {
+			p := strings.TrimPrefix(str(d, "subject", "reference"), "Patient/")
+			if (!allowed(p) && !(f.leak && want == "" && q.Get("_id") == "")) || (want != "" && p != want) || (q.Get("_id") != "" && q.Get("_id") != d["id"]) ||
+				(q.Get("category") != "" && !contains(codings(d["category"]), q.Get("category"))) || (q.Get("type") != "" && !contains(codings(d["type"]), q.Get("type"))) ||
+				(strings.HasPrefix(q.Get("date"), "ge") && str(d, "date") < q.Get("date")[2:]) {
+				continue
+			}
+			out = append(out, d)
+		}
+		sort.Slice(out, func(i, j int) bool { return out[i]["id"].(string) < out[j]["id"].(string) })
+		f.bundle(w, r, "DocumentReference", out, q)
+	case len(parts) == 2 && parts[0] == "DocumentReference":
+		for _, d := range fakeDocs {
+			if d["id"] == parts[1] && allowed(strings.TrimPrefix(str(d, "subject", "reference"), "Patient/")) {
+				f.write(w, 200, d)
+				return
+			}
+		}
+		f.outcome(w, 404, "no such DocumentReference")
+	case len(parts) == 1 && parts[0] == "Observation":
+		f.bundle(w, r, "Observation", nil, q)
+	default:
+		f.outcome(w, 404, "not supported here: "+path)
+	}
+}
+
+func runFake(t *testing.T, f *fakeServer) map[string]Result {
+	t.Helper()
+	ts := httptest.NewServer(f)
+	t.Cleanup(ts.Close)
+	f.base = ts.URL + "/fhir"
+	cfg := &Config{Base: f.base, PatientA: Identity{ID: "a", Token: "tok-a"}, PatientB: Identity{ID: "b", Token: "tok-b"}, System: Identity{Token: "tok-sys"}}
+	if err := cfg.Validate(); err != nil {
+		t.Fatal(err)
+	}
+	rep := (&Runner{Config: cfg}).Run(context.Background(), Default(), nil)
+	out := map[string]Result{}
+	for _, g := range rep.Groups {
+		for _, r := range g.Results {
+			out[r.ID] = r
+		}
+	}
+	// The reports are well-formed whatever the outcome.
+	var js strings.Builder
+	if err := rep.WriteJSON(&js); err != nil || !json.Valid([]byte(js.String())) {
+		t.Errorf("the JSON report is not valid JSON: %v", err)
+	}
+	var ju strings.Builder
+	if err := rep.WriteJUnit(&ju); err != nil {
+		t.Fatal(err)
+	}
+	var parsed junitSuites
+	if err := xml.Unmarshal([]byte(ju.String()), &parsed); err != nil || parsed.Tests != len(out) {
+		t.Errorf("the JUnit report does not parse back (%v) or counts %d tests of %d", err, parsed.Tests, len(out))
+	}
+	return out
+}
+
+func failing(results map[string]Result) []string {
+	var out []string
+	for id, r := range results {
+		if r.Status == Fail || r.Status == Error {
+			out = append(out, id)
+		}
+	}
+	sort.Strings(out)
+	return out
+}
+
+// TestFaultyServer: a fair server passes; with seeded defects, exactly the tests for them fail, naming their
+// requirements.
+func TestFaultyServer(t *testing.T) {
+	clean := runFake(t, &fakeServer{})
+	if f := failing(clean); len(f) > 0 {
+		for _, id := range f {
+			t.Errorf("%s fails against a server without defects: %v", id, clean[id].Messages)
+		}
+	}
+	passed := 0
+	for _, r := range clean {
+		if r.Status == Pass {
+			passed++
+		}
+	}
+	if passed < 40 {
+		t.Errorf("only %d tests pass against the fair server: the fake does not exercise the suite", passed)
+	}
+
+	defects := map[string]struct {
+		server      *fakeServer
+		fail        []string
+		requirement string
+	}{
+		"leaks another patient's documents": {&fakeServer{leak: true}, []string{"isolation-search-unfiltered"}, "164.502(b)"},
+		"no ETag":                           {&fakeServer{noETag: true}, []string{"rest-read-etag"}, "http.html#read"},
+		"200 instead of 401":                {&fakeServer{anonymous: true}, []string{"auth-no-token"}, "RFC 6750"},
+		"wrong Bundle type":                 {&fakeServer{collection: true}, []string{"rest-search-post", "rest-searchset"}, "http.html#search"},
+		"relative discovery URL":            {&fakeServer{relativeURL: true}, []string{"discovery-absolute-urls"}, "conformance.html#using-well-known"},
+	}
+	for name, d := range defects {
+		t.Run(name, func(t *testing.T) {
+			res := runFake(t, d.server)
+			got := failing(res)
+			if strings.Join(got, " ") != strings.Join(d.fail, " ") {
+				t.Fatalf("failing tests %v, want exactly %v", got, d.fail)
+			}
+			for _, id := range got {
+				if !strings.Contains(res[id].Requirement, d.requirement) || len(res[id].Messages) == 0 || len(res[id].Exchanges) == 0 {
+					t.Errorf("%s: requirement %q (want one citing %s), messages %v, %d exchanges", id, res[id].Requirement, d.requirement, res[id].Messages, len(res[id].Exchanges))
+				}
+			}
+		})
+	}
+}
