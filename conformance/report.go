@@ -37,6 +37,13 @@ func (r *Report) WriteText(w io.Writer) error {
 				fmt.Fprintf(&b, "        requirement: %s\n", t.Requirement)
 				for _, e := range t.Exchanges {
 					fmt.Fprintf(&b, "        %s %s → %d\n", e.Method, e.URL, e.Status)
+					if e.Status >= 400 && e.ResponseBody != "" {
+						body := e.ResponseBody
+						if len(body) > 300 {
+							body = body[:300] + "…"
+						}
+						fmt.Fprintf(&b, "          %s\n", body)
+					}
 				}
 			}
 		}

@@ -49,16 +49,17 @@ func TestConformanceAgainstCarta(t *testing.T) {
 	doc("conf-a2", a, "2024-02-10T10:00:00Z", `{"contentType":"text/plain","data":"aGVsbG8="}`)
 	send(t, "PUT", base+"/Binary/conf-b", sys, `{"resourceType":"Binary","id":"conf-b","contentType":"text/plain","data":"c2VjcmV0"}`)
 	doc("conf-b1", bID, "2024-01-10T10:00:00Z", `{"contentType":"text/plain","url":"Binary/conf-b"}`)
-	tokA, _, _ := runCmd(t, "token", "--data", data, "--patient", a, "--scope", "patient/*.rs")
+	tokA, _, _ := runCmd(t, "token", "--data", data, "--patient", a, "--scope", "patient/*.cruds")
+	clerk, _, _ := runCmd(t, "token", "--data", data, "--user", "Practitioner/conformance-clerk", "--scope", "user/*.cruds")
 	tokB, _, _ := runCmd(t, "token", "--data", data, "--patient", bID, "--scope", "patient/*.rs")
 	cfg := filepath.Join(t.TempDir(), "conformance.yaml")
-	os.WriteFile(cfg, []byte(fmt.Sprintf("patientA:\n  id: %s\n  token: %s\npatientB:\n  id: %s\n  token: %s\nsystem:\n  token: %s\n", a, tokA, bID, tokB, sys)), 0o600)
+	os.WriteFile(cfg, []byte(fmt.Sprintf("patientA:\n  id: %s\n  token: %s\npatientB:\n  id: %s\n  token: %s\npractitioner:\n  token: %s\nsystem:\n  token: %s\n", a, tokA, bID, tokB, clerk, sys)), 0o600)
 
 	// The text report on standard output, progress on standard error.
 	out, errOut, code := runCmd(t, "conformance", "--base", base, "--config", cfg)
 	lines := strings.Split(out, "\n")
 	summary := regexp.MustCompile(`^(\d+) passed, (\d+) failed, (\d+) skipped$`).FindStringSubmatch(lines[len(lines)-1])
-	if code != 0 || summary == nil || summary[2] != "0" {
+	if code != 0 || summary == nil || summary[2] != "0" || !strings.Contains(out, "pass   rights-dispute-with-record") {
 		t.Fatalf("conformance against Carta: exit %d\n%s\n%s", code, out, errOut)
 	}
 	if summary[3] != "0" {
