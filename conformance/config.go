@@ -2,6 +2,7 @@ package conformance
 
 import (
 	"bytes"
+	"crypto/ecdsa"
 	"encoding/json"
 	"fmt"
 	"os"
@@ -30,6 +31,20 @@ type Config struct {
 	Practitioner Identity `json:"practitioner"`
 	// System has a system/ token (a backend service; used to check what exists, never to judge isolation).
 	System Identity `json:"system"`
+	// Backend is a registered SMART Backend Services client, for the tests that obtain tokens themselves.
+	Backend *BackendClient `json:"backend,omitempty"`
+}
+
+// BackendClient is a SMART Backend Services client registered at the server under test: its client_id, the
+// private key whose public half the server knows (PEM: PKCS#8, PKCS#1 or SEC 1; inline or in a file), the key id
+// and algorithm (RS384 or ES384) and the scope to ask for.
+type BackendClient struct {
+	ClientID       string `json:"clientId"`
+	PrivateKey     string `json:"privateKey,omitempty"`
+	PrivateKeyFile string `json:"privateKeyFile,omitempty"`
+	KeyID          string `json:"kid,omitempty"`
+	Alg            string `json:"alg,omitempty"`
+	Scope          string `json:"scope,omitempty"`
 }
 
 // LoadConfig reads a JSON or YAML file. Unknown fields are an error, so a misspelt input is never silently
@@ -63,6 +78,36 @@ func (c *Config) Validate() error {
 		return fmt.Errorf("the FHIR base URL must be http(s)://…, got %q", c.Base)
 	}
 	c.Base = strings.TrimSuffix(c.Base, "/")
+	if b := c.Backend; b != nil {
+		if b.ClientID == "" || (b.PrivateKey == "" && b.PrivateKeyFile == "") {
+			return fmt.Errorf("backend needs clientId and privateKey or privateKeyFile")
+		}
+		if b.PrivateKeyFile != "" {
+			pem, err := os.ReadFile(b.PrivateKeyFile)
+			if err != nil {
+				return fmt.Errorf("backend privateKeyFile: %w", err)
+			}
+			b.PrivateKey = string(pem)
+		}
+		if _, err := parsePrivateKey(b.PrivateKey); err != nil {
+			return fmt.Errorf("backend private key: %w", err)
+		}
+		switch b.Alg {
+		case "":
+			b.Alg = "RS384"
+			if k, _ := parsePrivateKey(b.PrivateKey); k != nil {
+				if _, ec := k.(*ecdsa.PrivateKey); ec {
+					b.Alg = "ES384"
+				}
+			}
+		case "RS384", "ES384":
+		default:
+			return fmt.Errorf("backend alg is RS384 or ES384, not %q", b.Alg)
+		}
+		if b.Scope == "" {
+			b.Scope = "system/Patient.rs"
+		}
+	}
 	if c.PatientA.ID != "" && c.PatientA.ID == c.PatientB.ID {
 		return fmt.Errorf("patientA and patientB must be two different patients")
 	}

@@ -69,7 +69,7 @@ type Suite struct{ Groups []Group }
 
 // Default is Carta's suite.
 func Default() *Suite {
-	return &Suite{Groups: []Group{discoveryGroup(), authGroup(), restGroup(), searchGroup(), isolationGroup(), rightsGroup()}}
+	return &Suite{Groups: []Group{discoveryGroup(), authGroup(), backendGroup(), restGroup(), searchGroup(), isolationGroup(), rightsGroup()}}
 }
 
 // Result is what running one test gave.

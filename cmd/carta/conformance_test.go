@@ -1,7 +1,12 @@
 package main
 
 import (
+	"crypto/rand"
+	"crypto/rsa"
+	"crypto/x509"
+	"encoding/base64"
 	"encoding/json"
+	"encoding/pem"
 	"encoding/xml"
 	"fmt"
 	"os"
@@ -52,14 +57,26 @@ func TestConformanceAgainstCarta(t *testing.T) {
 	tokA, _, _ := runCmd(t, "token", "--data", data, "--patient", a, "--scope", "patient/*.cruds")
 	clerk, _, _ := runCmd(t, "token", "--data", data, "--user", "Practitioner/conformance-clerk", "--scope", "user/*.cruds")
 	tokB, _, _ := runCmd(t, "token", "--data", data, "--patient", bID, "--scope", "patient/*.rs")
-	cfg := filepath.Join(t.TempDir(), "conformance.yaml")
-	os.WriteFile(cfg, []byte(fmt.Sprintf("patientA:\n  id: %s\n  token: %s\npatientB:\n  id: %s\n  token: %s\npractitioner:\n  token: %s\nsystem:\n  token: %s\n", a, tokA, bID, tokB, clerk, sys)), 0o600)
+	// A backend client, registered with its public key; the suite signs assertions with the private one.
+	key, _ := rsa.GenerateKey(rand.Reader, 2048)
+	dir := t.TempDir()
+	der, _ := x509.MarshalPKCS8PrivateKey(key)
+	keyFile := filepath.Join(dir, "backend.pem")
+	os.WriteFile(keyFile, pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: der}), 0o600)
+	jwks := fmt.Sprintf(`{"keys":[{"kty":"RSA","kid":"conf-1","alg":"RS384","use":"sig","n":%q,"e":"AQAB"}]}`, base64.RawURLEncoding.EncodeToString(key.N.Bytes()))
+	os.WriteFile(filepath.Join(dir, "jwks.json"), []byte(jwks), 0o600)
+	if out, errOut, code := runCmd(t, "clients", "add", "--data", data, "--id", "conf-backend", "--kind", "backend", "--jwks", filepath.Join(dir, "jwks.json"), "--scope", "system/*.rs"); code != 0 {
+		t.Fatalf("clients add: %s %s", out, errOut)
+	}
+	cfg := filepath.Join(dir, "conformance.yaml")
+	os.WriteFile(cfg, []byte(fmt.Sprintf("patientA:\n  id: %s\n  token: %s\npatientB:\n  id: %s\n  token: %s\npractitioner:\n  token: %s\nsystem:\n  token: %s\n"+
+		"backend:\n  clientId: conf-backend\n  privateKeyFile: %s\n  kid: conf-1\n  scope: system/Patient.rs\n", a, tokA, bID, tokB, clerk, sys, keyFile)), 0o600)
 
 	// The text report on standard output, progress on standard error.
 	out, errOut, code := runCmd(t, "conformance", "--base", base, "--config", cfg)
 	lines := strings.Split(out, "\n")
 	summary := regexp.MustCompile(`^(\d+) passed, (\d+) failed, (\d+) skipped$`).FindStringSubmatch(lines[len(lines)-1])
-	if code != 0 || summary == nil || summary[2] != "0" || !strings.Contains(out, "pass   rights-dispute-with-record") {
+	if code != 0 || summary == nil || summary[2] != "0" || !strings.Contains(out, "pass   rights-dispute-with-record") || !strings.Contains(out, "pass   backend-replayed-jti") {
 		t.Fatalf("conformance against Carta: exit %d\n%s\n%s", code, out, errOut)
 	}
 	if summary[3] != "0" {
