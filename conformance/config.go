@@ -33,6 +33,8 @@ type Config struct {
 	System Identity `json:"system"`
 	// Backend is a registered SMART Backend Services client, for the tests that obtain tokens themselves.
 	Backend *BackendClient `json:"backend,omitempty"`
+	// Launch is a registered SMART app and how to sign in, for the launch tests.
+	Launch *LaunchClient `json:"launch,omitempty"`
 }
 
 // BackendClient is a SMART Backend Services client registered at the server under test: its client_id, the
@@ -106,6 +108,17 @@ func (c *Config) Validate() error {
 		}
 		if b.Scope == "" {
 			b.Scope = "system/Patient.rs"
+		}
+	}
+	if l := c.Launch; l != nil {
+		if l.ClientID == "" || l.RedirectURI == "" {
+			return fmt.Errorf("launch needs clientId and redirectUri")
+		}
+		if len(l.LoginCommand) == 0 && (l.Username == "" || l.Password == "") {
+			return fmt.Errorf("launch needs username and password (for the login form) or loginCommand")
+		}
+		if l.Scope == "" {
+			l.Scope = "launch/patient openid fhirUser offline_access patient/*.rs"
 		}
 	}
 	if c.PatientA.ID != "" && c.PatientA.ID == c.PatientB.ID {

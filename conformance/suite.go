@@ -69,7 +69,7 @@ type Suite struct{ Groups []Group }
 
 // Default is Carta's suite.
 func Default() *Suite {
-	return &Suite{Groups: []Group{discoveryGroup(), authGroup(), backendGroup(), restGroup(), searchGroup(), isolationGroup(), rightsGroup()}}
+	return &Suite{Groups: []Group{discoveryGroup(), authGroup(), backendGroup(), launchGroup(), restGroup(), searchGroup(), isolationGroup(), rightsGroup()}}
 }
 
 // Result is what running one test gave.
@@ -191,6 +191,7 @@ type T struct {
 	status    Status
 	msgs      []string
 	exchanges []Exchange
+	shown     map[string]bool // cached lookups whose exchanges this test already shows
 }
 
 // Config is the run's inputs.
@@ -256,12 +257,22 @@ func (t *T) remember(key string, f func() (any, error)) (any, error) {
 		before := len(t.exchanges)
 		v, err := f()
 		c = cached{v: v, err: err, exchanges: append([]Exchange(nil), t.exchanges[before:]...)}
+		if t.shown == nil {
+			t.shown = map[string]bool{}
+		}
+		t.shown[key] = true
 		r.mu.Lock()
 		r.cache[key] = c
 		r.mu.Unlock()
 		return c.v, c.err
 	}
-	t.exchanges = append(t.exchanges, c.exchanges...)
+	if !t.shown[key] {
+		if t.shown == nil {
+			t.shown = map[string]bool{}
+		}
+		t.shown[key] = true
+		t.exchanges = append(t.exchanges, c.exchanges...)
+	}
 	return c.v, c.err
 }
 

@@ -68,15 +68,24 @@ func TestConformanceAgainstCarta(t *testing.T) {
 	if out, errOut, code := runCmd(t, "clients", "add", "--data", data, "--id", "conf-backend", "--kind", "backend", "--jwks", filepath.Join(dir, "jwks.json"), "--scope", "system/*.rs"); code != 0 {
 		t.Fatalf("clients add: %s %s", out, errOut)
 	}
+	// An app and patient A's login, for the launch tests (the suite fills in Carta's sign-in and consent forms).
+	if out, errOut, code := runCmd(t, "clients", "add", "--data", data, "--id", "conf-app", "--kind", "public", "--redirect-uri", "http://127.0.0.1:9/callback"); code != 0 {
+		t.Fatalf("clients add: %s %s", out, errOut)
+	}
+	if out, errOut, code := runCmdIn(t, "correct horse battery staple\n", "users", "add", "--data", data, "--username", "conf-a", "--password", "-", "--patient", a); code != 0 {
+		t.Fatalf("users add: %s %s", out, errOut)
+	}
 	cfg := filepath.Join(dir, "conformance.yaml")
 	os.WriteFile(cfg, []byte(fmt.Sprintf("patientA:\n  id: %s\n  token: %s\npatientB:\n  id: %s\n  token: %s\npractitioner:\n  token: %s\nsystem:\n  token: %s\n"+
-		"backend:\n  clientId: conf-backend\n  privateKeyFile: %s\n  kid: conf-1\n  scope: system/Patient.rs\n", a, tokA, bID, tokB, clerk, sys, keyFile)), 0o600)
+		"backend:\n  clientId: conf-backend\n  privateKeyFile: %s\n  kid: conf-1\n  scope: system/Patient.rs\n"+
+		"launch:\n  clientId: conf-app\n  redirectUri: http://127.0.0.1:9/callback\n  username: conf-a\n  password: correct horse battery staple\n",
+		a, tokA, bID, tokB, clerk, sys, keyFile)), 0o600)
 
 	// The text report on standard output, progress on standard error.
 	out, errOut, code := runCmd(t, "conformance", "--base", base, "--config", cfg)
 	lines := strings.Split(out, "\n")
 	summary := regexp.MustCompile(`^(\d+) passed, (\d+) failed, (\d+) skipped$`).FindStringSubmatch(lines[len(lines)-1])
-	if code != 0 || summary == nil || summary[2] != "0" || !strings.Contains(out, "pass   rights-dispute-with-record") || !strings.Contains(out, "pass   backend-replayed-jti") {
+	if code != 0 || summary == nil || summary[2] != "0" || !strings.Contains(out, "pass   rights-dispute-with-record") || !strings.Contains(out, "pass   backend-replayed-jti") || !strings.Contains(out, "pass   launch-revoked") {
 		t.Fatalf("conformance against Carta: exit %d\n%s\n%s", code, out, errOut)
 	}
 	if summary[3] != "0" {
