@@ -8,6 +8,8 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"net/url"
+	"os"
+	"path/filepath"
 	"sort"
 	"strconv"
 	"strings"
@@ -341,5 +343,37 @@ func TestFaultyServer(t *testing.T) {
 				}
 			}
 		})
+	}
+}
+
+// TestDocumented: docs/conformance.md lists every test.
+func TestDocumented(t *testing.T) {
+	doc, err := os.ReadFile(filepath.Join("..", "docs", "conformance.md"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, g := range Default().Groups {
+		for _, tc := range g.Tests {
+			if !strings.Contains(string(doc), "`"+tc.ID+"`") {
+				t.Errorf("docs/conformance.md does not list %s", tc.ID)
+			}
+		}
+	}
+}
+
+// TestSecretsRedacted: reports never carry tokens, passwords or secrets.
+func TestSecretsRedacted(t *testing.T) {
+	ts := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "application/json")
+		io.WriteString(w, `{"access_token":"SECRET-AT","refresh_token":"SECRET-RT","id_token":"SECRET-ID","token_type":"bearer"}`)
+	}))
+	defer ts.Close()
+	r := &Runner{Config: &Config{Base: ts.URL}, Client: ts.Client()}
+	tt := &T{ctx: context.Background(), r: r}
+	tt.Do(http.MethodPost, ts.URL+"/token", Req{Token: "SECRET-BEARER", Form: url.Values{"client_secret": {"SECRET-CS"}, "password": {"SECRET-PW"}, "refresh_token": {"SECRET-RT2"}}})
+	var b strings.Builder
+	(&Report{Groups: []GroupResult{{Results: []Result{{Exchanges: tt.exchanges}}}}}).WriteJSON(&b)
+	if strings.Contains(b.String(), "SECRET") {
+		t.Errorf("the report shows a secret: %s", b.String())
 	}
 }

@@ -56,7 +56,10 @@ func (r *Resp) ResourceType() string { s, _ := r.JSON()["resourceType"].(string)
 
 const maxShown = 4096
 
-var secretField = regexp.MustCompile(`((?:client_secret|password|client_assertion|refresh_token|code_verifier|token)=)[^&]*`)
+var (
+	secretField = regexp.MustCompile(`((?:client_secret|password|client_assertion|refresh_token|code_verifier|token)=)[^&]*`)
+	secretJSON  = regexp.MustCompile(`("(?:access_token|refresh_token|id_token)"\s*:\s*")[^"]*"`)
+)
 
 // Do sends a request. path is absolute, or relative to the FHIR base ("Patient/1", "/metadata"). A network error
 // ends the test as errored.
@@ -102,7 +105,7 @@ func (t *T) Do(method, path string, q Req) *Resp {
 		t.exchanges = append(t.exchanges, ex)
 		t.Errorf("%s %s: reading the response: %v", method, u, err)
 	}
-	ex.Status, ex.ResponseHeaders, ex.ResponseBody = res.StatusCode, shownHeaders(res.Header), cut(string(rb))
+	ex.Status, ex.ResponseHeaders, ex.ResponseBody = res.StatusCode, shownHeaders(res.Header), cut(secretJSON.ReplaceAllString(string(rb), `${1}(redacted)"`))
 	t.exchanges = append(t.exchanges, ex)
 	return &Resp{Status: res.StatusCode, Header: res.Header, Body: rb, URL: u}
 }
