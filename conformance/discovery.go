@@ -121,13 +121,20 @@ func discoveryGroup() Group {
 				}
 			}},
 		{ID: "discovery-required-fields", Title: "The SMART configuration has its required fields",
-			Description: "token_endpoint, grant_types_supported (an array), capabilities (an array of strings), code_challenge_methods_supported; authorization_endpoint when a launch capability is declared; issuer and jwks_uri with sso-openid-connect.",
+			Description: "token_endpoint, grant_types_supported (an array, with authorization_code when a launch is declared), capabilities (an array of strings), code_challenge_methods_supported; authorization_endpoint when a launch capability is declared; issuer and jwks_uri with sso-openid-connect.",
 			Requirement: smartWK,
 			Run: func(t *T) {
 				sc := t.needSMART()
 				t.Check(str(sc, "token_endpoint") != "", "no token_endpoint")
-				_, ok := sc["grant_types_supported"].([]any)
+				grants, ok := sc["grant_types_supported"].([]any)
 				t.Check(ok, "grant_types_supported is not an array")
+				if hasCapability(sc, "launch-ehr") || hasCapability(sc, "launch-standalone") {
+					has := false
+					for _, g := range grants {
+						has = has || g == "authorization_code"
+					}
+					t.Check(has, "a launch capability is declared but grant_types_supported lacks authorization_code: %v", grants)
+				}
 				caps, ok := sc["capabilities"].([]any)
 				t.Check(ok, "capabilities is not an array")
 				for _, c := range caps {

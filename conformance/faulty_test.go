@@ -377,3 +377,22 @@ func TestSecretsRedacted(t *testing.T) {
 		t.Errorf("the report shows a secret: %s", b.String())
 	}
 }
+
+// TestSuiteShape: every test has a unique stable id, a title, a description and a cited requirement.
+func TestSuiteShape(t *testing.T) {
+	seen := map[string]bool{}
+	for _, g := range Default().Groups {
+		if g.ID == "" || g.Title == "" || g.Description == "" || len(g.Tests) == 0 {
+			t.Errorf("group %q lacks an id, title, description or tests", g.ID)
+		}
+		for _, tc := range g.Tests {
+			if seen[tc.ID] || !strings.HasPrefix(tc.ID, g.ID+"-") {
+				t.Errorf("test id %q is repeated or not under its group %q", tc.ID, g.ID)
+			}
+			seen[tc.ID] = true
+			if tc.Title == "" || tc.Description == "" || tc.Requirement == "" || tc.Run == nil {
+				t.Errorf("%s lacks a title, description, requirement or body", tc.ID)
+			}
+		}
+	}
+}

@@ -116,12 +116,14 @@ func firstWith(rs []map[string]any, path ...any) map[string]any {
 func searchGroup() Group {
 	return Group{ID: "search", Title: "The searches a patient app makes", Description: "Patient and DocumentReference searches a patient app runs with patient A's token, each result checked against the criteria.", Tests: []Test{
 		{ID: "search-patient-id", Title: "Patient?_id={A} finds A and only A",
+			Description: "Patient?_id={A} with A's token returns exactly Patient/A.",
 			Requirement: usCore + "#patient", Run: func(t *T) {
 				id, _ := t.patientA()
 				rs := t.search("Patient?_id=" + url.QueryEscape(id))
 				t.Check(len(rs) == 1 && hasID(rs, "Patient", id), "found %v, want Patient/%s alone", ids(rs), id)
 			}},
 		{ID: "search-patient-identifier", Title: "Patient?identifier=system|value finds A, and each result has that identifier",
+			Description: "Patient?identifier={system}|{value} of A's first identifier returns A, and every result carries that identifier.",
 			Requirement: usCore + "#patient", Run: func(t *T) {
 				id, _ := t.patientA()
 				p := t.aPatient()
@@ -145,6 +147,7 @@ func searchGroup() Group {
 				}
 			}},
 		{ID: "search-patient-name", Title: "Patient?name={A's family name} finds A, and each result matches the name",
+			Description: "Patient?name={A's family name} returns A, and every result has a name part starting with it.",
 			Requirement: usCore + "#patient", Run: func(t *T) {
 				id, _ := t.patientA()
 				fam := family(t.aPatient())
@@ -158,6 +161,7 @@ func searchGroup() Group {
 				}
 			}},
 		{ID: "search-patient-birthdate-name", Title: "Patient?birthdate=…&name=… finds A, and each result matches both",
+			Description: "Patient?birthdate={A's birth date}&name={A's family name} returns A, and every result matches both.",
 			Requirement: usCore + "#patient", Run: func(t *T) {
 				id, _ := t.patientA()
 				p := t.aPatient()
@@ -172,6 +176,7 @@ func searchGroup() Group {
 				}
 			}},
 		{ID: "search-patient-gender-name", Title: "Patient?gender=…&name=… finds A, and each result matches both",
+			Description: "Patient?gender={A's gender}&name={A's family name} returns A, and every result matches both.",
 			Requirement: usCore + "#patient", Run: func(t *T) {
 				id, _ := t.patientA()
 				p := t.aPatient()
@@ -197,12 +202,14 @@ func searchGroup() Group {
 				t.Check(strings.Join(ids(byRef), " ") == strings.Join(ids(docs), " "), "patient=Patient/%s found %v, patient=%s found %v", id, ids(byRef), id, ids(docs))
 			}},
 		{ID: "search-docref-id", Title: "DocumentReference?_id=… finds that document alone",
+			Description: "DocumentReference?_id={one of A's} returns exactly that document.",
 			Requirement: usCore + "#documentreference", Run: func(t *T) {
 				d := t.aDocuments()[0]
 				rs := t.search("DocumentReference?_id=" + url.QueryEscape(str(d, "id")))
 				t.Check(len(rs) == 1 && hasID(rs, "DocumentReference", str(d, "id")), "found %v", ids(rs))
 			}},
 		{ID: "search-docref-category", Title: "DocumentReference?patient=…&category=… returns A's documents of that category",
+			Description: "DocumentReference?patient={A}&category={system}|{code} returns the document it was taken from, and every result is A's and of that category.",
 			Requirement: usCore + "#documentreference", Run: func(t *T) {
 				id, _ := t.patientA()
 				d := firstWith(t.aDocuments(), "category", 0, "coding", 0, "code")
@@ -217,6 +224,7 @@ func searchGroup() Group {
 				}
 			}},
 		{ID: "search-docref-category-date", Title: "DocumentReference?patient=…&category=…&date=ge… returns A's documents of that category since that day",
+			Description: "DocumentReference?patient={A}&category=…&date=ge{day} returns the document it was taken from, and every result is A's, of that category, dated that day or later.",
 			Requirement: usCore + "#documentreference", Run: func(t *T) {
 				id, _ := t.patientA()
 				var d map[string]any
@@ -238,6 +246,7 @@ func searchGroup() Group {
 				}
 			}},
 		{ID: "search-docref-type", Title: "DocumentReference?patient=…&type=… returns A's documents of that type",
+			Description: "DocumentReference?patient={A}&type={system}|{code} returns the document it was taken from, and every result is A's and of that type.",
 			Requirement: usCore + "#documentreference", Run: func(t *T) {
 				id, _ := t.patientA()
 				d := firstWith(t.aDocuments(), "type", "coding", 0, "code")
