@@ -180,10 +180,15 @@ call 200 POST "/Task/$review/\$decide-review" DR_OSEI '{"resourceType":"Paramete
  {"name":"outcome","valueCode":"reversed"},{"name":"rationale","valueString":"The risk no longer applies."}]}' "$TASK"
 call 200 GET "/Task/$access" PATIENT "" "$TASK"
 
-heading "13. Fulfilled" "The records office delivers the records (only records of this patient are accepted)."
+heading "13. Fulfilled, in the format asked for or one agreed" "The patient asked for PDF; these records exist as plain text. Delivering them without saying so is refused (164.524(c)(2)(i))…"
+call 422 POST "/Task/$access/\$fulfil" CLERK '{"resourceType":"Parameters","parameter":[
+ {"name":"delivered","valueReference":{"reference":"DocumentReference/allergies"}},
+ {"name":"delivered","valueReference":{"reference":"DocumentReference/vitals"}}]}' "$OUTCOME"
+heading "" "…so the records office states the format agreed with the patient, which the patient's letter repeats (only records of this patient are accepted)."
 call 200 POST "/Task/$access/\$fulfil" CLERK '{"resourceType":"Parameters","parameter":[
  {"name":"delivered","valueReference":{"reference":"DocumentReference/allergies"}},
- {"name":"delivered","valueReference":{"reference":"DocumentReference/vitals"}}]}' "$TASK"
+ {"name":"delivered","valueReference":{"reference":"DocumentReference/vitals"}},
+ {"name":"format-agreed","valueString":"plain text, agreed with the patient by phone"}]}' "$TASK"
 
 heading "14. The patient's letters" "Extension, denial, review decision and fulfilment, all addressed to the patient."
 call 200 GET "/Communication?subject=Patient/jamie&_sort=sent" PATIENT "" '[.entry[].resource | {id, topic: .topic.coding[0].code, sent}]'

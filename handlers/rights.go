@@ -443,7 +443,8 @@ func (s *Server) runTaskOp(tx *store.Tx, op string, cur *fhir.Object, ps opParam
 		if k, _ := rights.Classify(cur); k == rights.KindAccounting && len(delivered) == 0 {
 			return s.fulfilAccounting(tx, cur, a)
 		}
-		if err := s.checkDelivered(tx, cur, delivered); err != nil {
+		formats, err := s.checkDelivered(tx, cur, delivered)
+		if err != nil {
 			return nil, err
 		}
 		var dispute []string
@@ -453,7 +454,7 @@ func (s *Server) runTaskOp(tx *store.Tx, op string, cur *fhir.Object, ps opParam
 				return nil, err
 			}
 		}
-		return r.Fulfil(cur, a, rights.FulfilParams{Delivered: delivered, Dispute: dispute})
+		return r.Fulfil(cur, a, rights.FulfilParams{Delivered: delivered, Dispute: dispute, Formats: formats, FormatAgreed: ps.str("format-agreed")})
 	case "$redirect":
 		return r.Redirect(cur, a, ps.str("where"))
 	case "$deny":
@@ -584,18 +585,39 @@ func (s *Server) readTrusted(tx *store.Tx, reference string) (*fhir.Object, erro
 }
 
 // checkDelivered refuses delivered references to nothing, or to another patient's records.
-func (s *Server) checkDelivered(tx *store.Tx, task *fhir.Object, refs []string) error {
+// It returns the formats each is available in: a DocumentReference's attachment types, a Binary's content type,
+// application/fhir+json for any FHIR resource.
+func (s *Server) checkDelivered(tx *store.Tx, task *fhir.Object, refs []string) (map[string][]string, error) {
 	patient := strings.TrimPrefix(task.Object("for").String("reference"), "Patient/")
+	formats := map[string][]string{}
 	for _, r := range refs {
 		typ, id, _, ok := fhir.SplitReference(r)
 		if !ok {
-			return fhir.At(http.StatusUnprocessableEntity, fhir.IssueBusinessRule, "delivered", "%q is not a reference to a record here (Type/id)", r)
+			return nil, fhir.At(http.StatusUnprocessableEntity, fhir.IssueBusinessRule, "delivered", "%q is not a reference to a record here (Type/id)", r)
 		}
-		if _, err := tx.Read(typ, id, &fhir.Access{Patient: patient}); err != nil {
-			return fhir.At(http.StatusUnprocessableEntity, fhir.IssueBusinessRule, "delivered", "%s is not a record of Patient/%s that can be delivered: %v", r, patient, err)
+		st, err := tx.Read(typ, id, &fhir.Access{Patient: patient})
+		if err != nil {
+			return nil, fhir.At(http.StatusUnprocessableEntity, fhir.IssueBusinessRule, "delivered", "%s is not a record of Patient/%s that can be delivered: %v", r, patient, err)
+		}
+		formats[r] = []string{"application/fhir+json"}
+		o, err := fhir.ParseResource(st.Raw, typ)
+		if err != nil {
+			continue
+		}
+		switch typ {
+		case "DocumentReference":
+			for _, c := range objectsOf(o, "content") {
+				if ct := c.Object("attachment").String("contentType"); ct != "" {
+					formats[r] = append(formats[r], ct)
+				}
+			}
+		case "Binary":
+			if ct := o.String("contentType"); ct != "" {
+				formats[r] = append(formats[r], ct)
+			}
 		}
 	}
-	return nil
+	return formats, nil
 }
 
 // licensed reports whether a Practitioner record marks a licensed health care professional: a current

@@ -168,7 +168,10 @@ func TestAccessRequestWorkflow(t *testing.T) {
 			}
 			// Fulfil; another patient's record cannot be delivered.
 			rule(t, e.do("POST", task+"/$fulfil", re.clerk, params("delivered", `{"valueReference":{"reference":"DocumentReference/d9"}}`)), 422, "not a record of Patient/p1")
-			r = e.must(200, "POST", task+"/$fulfil", re.clerk, params("delivered", `{"valueReference":{"reference":"DocumentReference/d1"}}`))
+			// The patient asked for PDF: plain text is refused unless the format agreed with the patient is stated.
+			rule(t, e.do("POST", task+"/$fulfil", re.clerk, params("delivered", `{"valueReference":{"reference":"DocumentReference/d1"}}`)), 422, "asked for application/pdf")
+			r = e.must(200, "POST", task+"/$fulfil", re.clerk, params("delivered", `{"valueReference":{"reference":"DocumentReference/d1"}}`,
+				"format-agreed", "plain text, agreed with the patient by phone"))
 			if str(t, r, "status") != "completed" || str(t, r, "businessStatus", "coding", "0", "code") != "fulfilled" {
 				t.Fatalf("fulfilled: %s", r.body)
 			}

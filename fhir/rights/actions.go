@@ -259,6 +259,24 @@ func (r *Rules) FeeEstimate(cur *fhir.Object, a Actor, p FeeParams) (*Plan, erro
 type FulfilParams struct {
 	Delivered []string
 	Dispute   []string
+	// Formats are the MIME types each delivered item is available in (a DocumentReference's attachments; a FHIR
+	// resource is application/fhir+json), by reference.
+	Formats map[string][]string
+	// FormatAgreed is the form and format agreed with the patient when none delivered is the one asked for.
+	FormatAgreed string
+}
+
+// sameFormat compares MIME types without parameters; application/json and application/fhir+json are one.
+func sameFormat(a, b string) bool {
+	norm := func(s string) string {
+		s, _, _ = strings.Cut(strings.ToLower(strings.TrimSpace(s)), ";")
+		s = strings.TrimSpace(s)
+		if s == "application/json" || s == "json" {
+			return "application/fhir+json"
+		}
+		return s
+	}
+	return norm(a) == norm(b)
 }
 
 // Fulfil completes an access request with what was delivered (164.524(c)). A copy directed to a third party is
@@ -277,6 +295,24 @@ func (r *Rules) Fulfil(cur *fhir.Object, a Actor, p FulfilParams) (*Plan, error)
 	if len(p.Delivered) == 0 {
 		return nil, violation("delivered", "say what was delivered: references to the DocumentReferences, Bundle or export given to the patient")
 	}
+	// 164.524(c)(2)(i): the form and format asked for, if readily producible; otherwise one agreed with the
+	// patient, which the records office states.
+	var asked string
+	for _, in := range ios(cur, "input", SystemAccessInput, InRequestedFormat) {
+		asked = valueString(in)
+	}
+	agreed := strings.TrimSpace(p.FormatAgreed)
+	if asked != "" && asked != "paper" && k == KindAccess && agreed == "" {
+		found := false
+		for _, d := range p.Delivered {
+			for _, f := range p.Formats[d] {
+				found = found || sameFormat(f, asked)
+			}
+		}
+		if !found {
+			return nil, violation("delivered", "the patient asked for %s and nothing delivered is in that format; deliver it in %s where it is readily producible, or state in format-agreed the form and format agreed with the patient (45 CFR 164.524(c)(2)(i))", asked, asked)
+		}
+	}
 	t := fhir.Clone(cur).(*fhir.Object)
 	delivered := uniq(append(append([]string{}, p.Delivered...), p.Dispute...))
 	var outs []*fhir.Object
@@ -284,6 +320,9 @@ func (r *Rules) Fulfil(cur *fhir.Object, a Actor, p FulfilParams) (*Plan, error)
 		outs = append(outs, io(SystemAccessOutput, OutDelivered, "Delivered", "valueReference", ref(d)))
 	}
 	setIO(t, "output", SystemAccessOutput, OutDelivered, outs...)
+	if agreed != "" {
+		setIO(t, "output", SystemAccessOutput, OutFormatAgreed, io(SystemAccessOutput, OutFormatAgreed, "Format agreed", "valueString", agreed))
+	}
 	r.setStep(t, k, Step{StatusCompleted, BSFulfilled})
 	r.start(t)
 	r.finish(t)
@@ -293,6 +332,9 @@ func (r *Rules) Fulfil(cur *fhir.Object, a Actor, p FulfilParams) (*Plan, error)
 		payload = append(payload, obj("contentReference", ref(d)))
 	}
 	text := fmt.Sprintf("We have completed %s. What was provided is attached.", r.requestName(t))
+	if agreed != "" {
+		text += fmt.Sprintf(" It is not in the format you asked for (%s), which we could not readily produce; as agreed with you, it is provided as: %s.", asked, agreed)
+	}
 	n := r.notice(t, NoticeFulfilled, "Your request is complete", text, toPatient(t))
 	n.Set("payload", append(list(n, "payload"), payload...))
 	pl.add("Communication", n, true)

@@ -200,6 +200,7 @@ const (
 	OutFeeEstimate    = "fee-estimate"
 	OutFeeBasis       = "fee-basis"
 	OutDelivered      = "delivered"
+	OutFormatAgreed   = "format-agreed"
 	OutRedirectTo     = "redirect-to"
 	OutDenialNotice   = "denial-notice"
 	OutReviewDecision = "review-decision"

@@ -412,6 +412,45 @@ func TestPatientMayOnlyCancel(t *testing.T) {
 	valid(t, dp)
 }
 
+// TestFulfilInTheFormatAsked: 164.524(c)(2)(i) — the form and format asked for where readily producible; else one
+// agreed with the patient, which the records office states and the patient's letter repeats.
+func TestFulfilInTheFormatAsked(t *testing.T) {
+	f := newFixture()
+	pdf := `,"input":[{"type":{"coding":[{"system":"` + SystemAccessInput + `","code":"requested-format"}]},"valueCode":"application/pdf"}]`
+	task := f.file(t, accessTask(t, CodeAccessCopy, pdf))
+	text := FulfilParams{Delivered: []string{"DocumentReference/d1"}, Formats: map[string][]string{"DocumentReference/d1": {"application/fhir+json", "text/plain"}}}
+	_, err := f.Fulfil(task, clerk, text)
+	wantRule(t, err, 422, "asked for application/pdf and nothing delivered is in that format")
+	both := text
+	both.Delivered = []string{"DocumentReference/d1", "DocumentReference/d2"}
+	both.Formats = map[string][]string{"DocumentReference/d1": {"text/plain"}, "DocumentReference/d2": {"application/PDF; charset=binary"}}
+	if _, err := f.Fulfil(task, clerk, both); err != nil {
+		t.Errorf("a PDF among the delivered: %v", err)
+	}
+	agreed := text
+	agreed.FormatAgreed = "plain text, agreed with the patient by phone on 2026-03-04"
+	p, err := f.Fulfil(task, clerk, agreed)
+	if err != nil {
+		t.Fatal(err)
+	}
+	valid(t, p)
+	if o := firstOutput(p.Task, SystemAccessOutput, OutFormatAgreed); o == nil || valueString(o) != agreed.FormatAgreed {
+		t.Errorf("the agreed format is not recorded: %s", fhir.AppendJSON(nil, p.Task))
+	}
+	if letter := Text(p.Writes[0].Resource); !strings.Contains(letter, "application/pdf") || !strings.Contains(letter, "agreed with the patient by phone") {
+		t.Errorf("the patient's letter does not say what was agreed: %s", letter)
+	}
+	// FHIR JSON asked, FHIR resources delivered; paper asked, anything recorded.
+	fhirJSON := f.file(t, accessTask(t, CodeAccessCopy, strings.Replace(pdf, "application/pdf", "application/json", 1)))
+	if _, err := f.Fulfil(fhirJSON, clerk, text); err != nil {
+		t.Errorf("FHIR JSON asked and given: %v", err)
+	}
+	paper := f.file(t, accessTask(t, CodeAccessCopy, strings.Replace(pdf, "application/pdf", "paper", 1)))
+	if _, err := f.Fulfil(paper, clerk, FulfilParams{Delivered: []string{"DocumentReference/d1"}}); err != nil {
+		t.Errorf("a paper copy recorded: %v", err)
+	}
+}
+
 func amendmentRequest(t *testing.T) *fhir.Object {
 	return parse(t, `{"resourceType":"Communication","status":"completed",
 		"category":[{"coding":[{"system":"`+SystemCorrectionComm+`","code":"medRecCxReq"}]}],
