@@ -390,8 +390,27 @@ func (s *Server) EndGrants(ctx context.Context, username, clientID string) (int,
 			return 0, err
 		}
 	}
-	return len(families), nil
+	n := len(families)
+	if clientID != "" {
+		// A backend service's live access tokens are its one grant.
+		issued, err := s.Store.RevokeFamily(ctx, backendFamily(clientID))
+		if err != nil {
+			return 0, err
+		}
+		for jti, exp := range issued {
+			if err := s.Revocations.Revoke(ctx, jti, exp); err != nil {
+				return 0, err
+			}
+		}
+		if len(issued) > 0 {
+			n++
+		}
+	}
+	return n, nil
 }
+
+// backendFamily is the grant family under which a backend service's access tokens are recorded.
+func backendFamily(clientID string) string { return "backend:" + clientID }
 
 // tokenFromRefresh rotates a refresh token. A public client need not identify itself (RFC 6749 §6 asks
 // authentication of confidential clients only, and SMART's refresh request has no client_id; fhirclient sends
@@ -504,8 +523,12 @@ func (s *Server) tokenForBackend(ctx context.Context, form url.Values, cred Clie
 		granted = append(granted, raw)
 	}
 	scope := strings.Join(granted, " ")
-	tok, _, err := s.Issuer.Mint(Grant{Subject: c.ID, Scope: scope, ClientID: c.ID, TTL: BackendTokenTTL})
+	tok, claims, err := s.Issuer.Mint(Grant{Subject: c.ID, Scope: scope, ClientID: c.ID, TTL: BackendTokenTTL})
 	if err != nil {
+		return nil, err
+	}
+	// Recorded under the client's backend family, so removing the client revokes its live tokens at once.
+	if err := s.Store.RecordIssued(ctx, claims.ID, backendFamily(c.ID), claims.ExpiresAt.Time); err != nil {
 		return nil, err
 	}
 	return &TokenResponse{AccessToken: tok, TokenType: "Bearer", ExpiresIn: int64(BackendTokenTTL.Seconds()), Scope: scope}, nil

@@ -594,6 +594,13 @@ func TestBackendServices(t *testing.T) {
 		}
 		e.must(200, "GET", "/Patient/alice", r.str("access_token"), "")
 		e.must(403, "GET", "/Practitioner/doc", r.str("access_token"), "")
+		// Ending the client's grants (carta clients remove) revokes its live access token at once.
+		live := f.tokenRequest(t, backendForm(f.assertion(t, nil), "system/Patient.rs"), "", "").str("access_token")
+		if n, err := e.auth.EndGrants(context.Background(), "", "hie"); err != nil || n != 1 {
+			t.Fatalf("EndGrants for the backend client: %d %v", n, err)
+		}
+		e.must(401, "GET", "/Patient/alice", live, "")
+		e.must(401, "GET", "/Patient/alice", r.str("access_token"), "")
 		ec := f.assertion(t, func(m jwt.MapClaims, h map[string]any) (jwt.SigningMethod, any) {
 			h["kid"] = "ec1"
 			return jwt.SigningMethodES384, f.ecKey
