@@ -376,6 +376,14 @@ func TestSecretsRedacted(t *testing.T) {
 	if strings.Contains(b.String(), "SECRET") {
 		t.Errorf("the report shows a secret: %s", b.String())
 	}
+	// A link to another origin is followed without the token.
+	var got string
+	other := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { got = r.Header.Get("Authorization") }))
+	defer other.Close()
+	tt.Get(other.URL+"/fhir/Patient?page=2", "SECRET-BEARER")
+	if got != "" {
+		t.Errorf("the token was sent to another origin: %q", got)
+	}
 }
 
 // TestSuiteShape: every test has a unique stable id, a title, a description and a cited requirement.
@@ -393,6 +401,25 @@ func TestSuiteShape(t *testing.T) {
 			if tc.Title == "" || tc.Description == "" || tc.Requirement == "" || tc.Run == nil {
 				t.Errorf("%s lacks a title, description, requirement or body", tc.ID)
 			}
+		}
+	}
+}
+
+func TestWithinScopes(t *testing.T) {
+	for _, c := range []struct {
+		granted, asked string
+		want           bool
+	}{
+		{"patient/*.rs", "launch/patient patient/*.rs", true},
+		{"patient/Observation.rs", "patient/*.rs", true},
+		{"patient/Observation.r", "patient/*.read", true},
+		{"patient/*.cruds", "patient/*.rs", false},
+		{"user/*.rs", "patient/*.rs", false},
+		{"offline_access", "openid offline_access", true},
+		{"system/*.rs", "openid", false},
+	} {
+		if got := withinScopes(c.granted, c.asked); got != c.want {
+			t.Errorf("withinScopes(%q, %q) = %v", c.granted, c.asked, got)
 		}
 	}
 }

@@ -80,7 +80,12 @@ func (t *T) Do(method, path string, q Req) *Resp {
 		t.Errorf("building %s %s: %v", method, u, err)
 	}
 	if q.Token != "" {
-		req.Header.Set("Authorization", "Bearer "+q.Token)
+		// A bearer token goes to the server under test only, never to another origin a link points at.
+		if sameOrigin(u, t.r.Config.Base) {
+			req.Header.Set("Authorization", "Bearer "+q.Token)
+		} else {
+			t.Logf("not sending the token to %s: another origin than %s", u, t.r.Config.Base)
+		}
 	}
 	if ct != "" {
 		req.Header.Set("Content-Type", ct)
@@ -119,6 +124,12 @@ func (t *T) url(path string) string {
 		return path
 	}
 	return strings.TrimSuffix(t.r.Config.Base, "/") + "/" + strings.TrimPrefix(path, "/")
+}
+
+func sameOrigin(a, b string) bool {
+	ua, err1 := url.Parse(a)
+	ub, err2 := url.Parse(b)
+	return err1 == nil && err2 == nil && strings.EqualFold(ua.Scheme, ub.Scheme) && strings.EqualFold(ua.Host, ub.Host)
 }
 
 func shownHeaders(h http.Header) map[string]string {

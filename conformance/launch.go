@@ -327,6 +327,9 @@ func launchGroup() Group {
 				}
 				t.Check(strings.EqualFold(str(m, "token_type"), "bearer"), "token_type %q", str(m, "token_type"))
 				t.Check(str(m, "scope") != "" && m["expires_in"] != nil, "scope or expires_in missing")
+				for g := range strings.FieldsSeq(str(m, "scope")) {
+					t.Check(withinScopes(g, lc.Scope), "granted scope %q is more than was asked (%s)", g, lc.Scope)
+				}
 				t.Check(r.Header.Get("Cache-Control") == "no-store", "Cache-Control %q, want no-store", r.Header.Get("Cache-Control"))
 				if strings.Contains(lc.Scope, "launch/patient") {
 					p := str(m, "patient")
@@ -459,4 +462,47 @@ func launchGroup() Group {
 				}
 			}},
 	}}
+}
+
+// withinScopes reports whether a granted scope is one of the asked ones or narrower: the same context and type
+// (or a wildcard asked) with a subset of the permissions, SMART v1 (read, write, *) and v2 (cruds) alike.
+func withinScopes(granted, asked string) bool {
+	split := func(s string) (ctx, typ, perms string, ok bool) {
+		c, rest, found := strings.Cut(s, "/")
+		if !found {
+			return "", "", "", false
+		}
+		ty, p, found := strings.Cut(rest, ".")
+		if !found {
+			return "", "", "", false
+		}
+		p, _, _ = strings.Cut(p, "?")
+		switch p {
+		case "read":
+			p = "rs"
+		case "write":
+			p = "cud"
+		case "*":
+			p = "cruds"
+		}
+		return c, ty, p, true
+	}
+	gc, gt, gp, gok := split(granted)
+	for a := range strings.FieldsSeq(asked) {
+		if a == granted {
+			return true
+		}
+		ac, at, ap, aok := split(a)
+		if !gok || !aok || gc != ac || (at != "*" && at != gt) {
+			continue
+		}
+		all := true
+		for _, c := range gp {
+			all = all && strings.ContainsRune(ap, c)
+		}
+		if all {
+			return true
+		}
+	}
+	return false
 }
