@@ -2,8 +2,13 @@ package conformance
 
 import (
 	"context"
+	"crypto/rand"
+	"crypto/rsa"
+	"crypto/x509"
 	"encoding/json"
+	"encoding/pem"
 	"encoding/xml"
+	"errors"
 	"io"
 	"net/http"
 	"net/http/httptest"
@@ -13,7 +18,11 @@ import (
 	"sort"
 	"strconv"
 	"strings"
+	"sync"
 	"testing"
+	"time"
+
+	"github.com/golang-jwt/jwt/v5"
 )
 
 // fakeServer is a small FHIR patient-access server that behaves correctly for everything the suite asks, except
@@ -25,7 +34,53 @@ type fakeServer struct {
 	anonymous   bool // a request without a token is answered 200 instead of 401
 	collection  bool // searches answer with a Bundle of type collection instead of searchset
 	relativeURL bool // the SMART configuration has a relative endpoint URL
+	acceptNone  bool // the token endpoint accepts an unsigned (alg none) client assertion
 	base        string
+
+	backendKey *rsa.PublicKey
+	mu         sync.Mutex
+	seenJTI    map[string]bool
+}
+
+// backendToken is client_credentials with a private_key_jwt assertion, checked as SMART asks (or, with the
+// acceptNone defect, not checked when unsigned).
+func (f *fakeServer) backendToken(w http.ResponseWriter, form url.Values) {
+	if form.Get("client_assertion_type") != assertionType {
+		f.oauth(w, 400, "invalid_request")
+		return
+	}
+	a := form.Get("client_assertion")
+	var claims jwt.MapClaims
+	if hdr, _, err := jwt.NewParser().ParseUnverified(a, jwt.MapClaims{}); f.acceptNone && err == nil && hdr.Header["alg"] == "none" {
+		claims = hdr.Claims.(jwt.MapClaims)
+	} else {
+		tok, err := jwt.Parse(a, func(t *jwt.Token) (any, error) {
+			if t.Header["kid"] != "fake-1" {
+				return nil, errors.New("unknown kid")
+			}
+			return f.backendKey, nil
+		}, jwt.WithValidMethods([]string{"RS384"}), jwt.WithAudience(f.base+"/token"), jwt.WithExpirationRequired())
+		if err != nil {
+			f.oauth(w, 401, "invalid_client")
+			return
+		}
+		claims = tok.Claims.(jwt.MapClaims)
+	}
+	exp, _ := claims.GetExpirationTime()
+	jti, _ := claims["jti"].(string)
+	f.mu.Lock()
+	replay := f.seenJTI[jti]
+	if f.seenJTI == nil {
+		f.seenJTI = map[string]bool{}
+	}
+	f.seenJTI[jti] = true
+	f.mu.Unlock()
+	if claims["iss"] != "fake-backend" || claims["sub"] != "fake-backend" || exp == nil || time.Until(exp.Time) > 5*time.Minute || jti == "" || replay {
+		f.oauth(w, 401, "invalid_client")
+		return
+	}
+	w.Header().Set("Content-Type", "application/json")
+	json.NewEncoder(w).Encode(map[string]any{"access_token": "tok-sys", "token_type": "bearer", "expires_in": 300, "scope": "system/Patient.rs"})
 }
 
 var fakeTokens = map[string]string{"tok-a": "a", "tok-b": "b", "tok-sys": ""}
@@ -118,13 +173,16 @@ func (f *fakeServer) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		}
 		w.Header().Set("Content-Type", "application/json")
 		json.NewEncoder(w).Encode(map[string]any{"token_endpoint": f.base + "/token", "authorization_endpoint": f.base + "/authorize",
-			"introspection_endpoint": f.base + "/introspect", "revocation_endpoint": revoke, "grant_types_supported": []any{"authorization_code", "refresh_token"},
-			"capabilities": []any{"launch-standalone", "client-public", "context-standalone-patient", "permission-patient"}, "code_challenge_methods_supported": []any{"S256"},
+			"introspection_endpoint": f.base + "/introspect", "revocation_endpoint": revoke, "grant_types_supported": []any{"authorization_code", "refresh_token", "client_credentials"},
+			"token_endpoint_auth_methods_supported": []any{"none", "private_key_jwt"}, "token_endpoint_auth_signing_alg_values_supported": []any{"RS384"},
+			"capabilities": []any{"launch-standalone", "client-public", "client-confidential-asymmetric", "context-standalone-patient", "permission-patient"}, "code_challenge_methods_supported": []any{"S256"},
 			"scopes_supported": []any{"patient/*.rs"}, "response_types_supported": []any{"code"}})
 		return
 	case "token":
 		r.ParseForm()
 		switch {
+		case r.PostForm.Get("grant_type") == "client_credentials" && r.PostForm.Get("client_assertion") != "":
+			f.backendToken(w, r.PostForm)
 		case r.Header.Get("Authorization") != "":
 			f.oauth(w, 401, "invalid_client")
 		case r.PostForm.Get("grant_type") == "authorization_code" || r.PostForm.Get("grant_type") == "refresh_token":
@@ -262,7 +320,14 @@ func runFake(t *testing.T, f *fakeServer) map[string]Result {
 	ts := httptest.NewServer(f)
 	t.Cleanup(ts.Close)
 	f.base = ts.URL + "/fhir"
-	cfg := &Config{Base: f.base, PatientA: Identity{ID: "a", Token: "tok-a"}, PatientB: Identity{ID: "b", Token: "tok-b"}, System: Identity{Token: "tok-sys"}}
+	key, err := rsa.GenerateKey(rand.Reader, 2048)
+	if err != nil {
+		t.Fatal(err)
+	}
+	f.backendKey = &key.PublicKey
+	der, _ := x509.MarshalPKCS8PrivateKey(key)
+	cfg := &Config{Base: f.base, PatientA: Identity{ID: "a", Token: "tok-a"}, PatientB: Identity{ID: "b", Token: "tok-b"}, System: Identity{Token: "tok-sys"},
+		Backend: &BackendClient{ClientID: "fake-backend", PrivateKey: string(pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: der})), KeyID: "fake-1"}}
 	if err := cfg.Validate(); err != nil {
 		t.Fatal(err)
 	}
@@ -329,6 +394,7 @@ func TestFaultyServer(t *testing.T) {
 		"200 instead of 401":                {&fakeServer{anonymous: true}, []string{"auth-no-token"}, "RFC 6750"},
 		"wrong Bundle type":                 {&fakeServer{collection: true}, []string{"rest-search-post", "rest-searchset"}, "http.html#search"},
 		"relative discovery URL":            {&fakeServer{relativeURL: true}, []string{"discovery-absolute-urls"}, "conformance.html#using-well-known"},
+		"unsigned client assertions":        {&fakeServer{acceptNone: true}, []string{"backend-alg-none"}, "client-confidential-asymmetric.html"},
 	}
 	for name, d := range defects {
 		t.Run(name, func(t *testing.T) {
