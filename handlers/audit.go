@@ -498,7 +498,6 @@ func takeFromJournal(tx *store.Tx, patient string) error {
 		return err
 	}
 	var recs []store.AuditRecord
-	var ids []int64
 	for _, j := range rows {
 		var refs []string
 		for _, e := range j.Refs {
@@ -510,17 +509,17 @@ func takeFromJournal(tx *store.Tx, patient string) error {
 				}
 			}
 		}
-		ids = append(ids, j.ID)
-		if len(refs) > 0 {
+		taken, err := tx.TakeFromJournal(patient, j.ID)
+		if err != nil {
+			return err
+		}
+		if taken && len(refs) > 0 {
 			r := j
 			r.ID, r.Patient, r.Refs = 0, patient, refs
 			recs = append(recs, r)
 		}
 	}
-	if err := tx.LogAuditRows(recs); err != nil {
-		return err
-	}
-	return tx.TookFromJournal(patient, ids)
+	return tx.LogAuditRows(recs)
 }
 
 // explodeAudit splits up to max journal rows (0: all) into one log row per (agent, interaction, patient) — the

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"net/url"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -659,6 +660,43 @@ func TestAudit(t *testing.T) {
 		json.Unmarshal(acc.body, &d)
 		if text := string(d.Content[0].Attachment.Data); !strings.Contains(text, "client test") || !strings.Contains(text, "Observation/o1") || strings.Contains(text, "Practitioner/doc") {
 			t.Errorf("the accounting lists the backend's disclosure, not the clinician's use:\n%s", text)
+		}
+	})
+}
+
+// TestAuditConcurrentConversion: a patient listing their audit trail while staff search all AuditEvents (and the
+// background converter runs) turns each read into exactly one AuditEvent — no duplicate, none lost.
+func TestAuditConcurrentConversion(t *testing.T) {
+	each(t, func(t *testing.T, e *env) {
+		sys := e.system()
+		for i := 1; i <= 6; i++ {
+			e.must(201, "PUT", fmt.Sprintf("/Patient/p%d", i), sys, fmt.Sprintf(`{"resourceType":"Patient","id":"p%d"}`, i))
+		}
+		for i := 1; i <= 6; i++ {
+			e.must(200, "GET", fmt.Sprintf("/Patient/p%d", i), sys, "")
+		}
+		e.h.FlushAudit()
+		pat := e.patient("p1", "patient/*.rs")
+		var wg sync.WaitGroup
+		for g := 0; g < 8; g++ {
+			wg.Add(1)
+			go func(g int) {
+				defer wg.Done()
+				tok, q := pat, "/AuditEvent?patient=p1"
+				if g%2 == 1 {
+					tok, q = sys, "/AuditEvent?subtype=read"
+				}
+				if r := e.do("GET", q, tok, ""); r.status != 200 {
+					t.Errorf("GET %s: %d %s", q, r.status, r.body)
+				}
+			}(g)
+		}
+		wg.Wait()
+		for i := 1; i <= 6; i++ {
+			r := e.must(200, "GET", fmt.Sprintf("/AuditEvent?entity=Patient/p%d&subtype=read", i), sys, "")
+			if n := len(bundleIDs(t, r, "match")); n != 1 {
+				t.Errorf("the read of Patient/p%d became %d AuditEvents, want 1", i, n)
+			}
 		}
 	})
 }

@@ -82,9 +82,19 @@ func (t *Tx) PendingAudit(patient string, limit int) ([]AuditRecord, error) {
 		q += ` WHERE patient = ?`
 		args = append(args, patient)
 	}
-	q += ` ORDER BY id LIMIT ?`
+	q += ` ORDER BY id LIMIT ?` + t.s.forUpdate()
 	args = append(args, limit)
 	return t.auditRows(q, args...)
+}
+
+// forUpdate locks the audit rows a transaction reads to convert (PostgreSQL; SQLite's writer is alone anyway):
+// two converters — a search and the background, or two replicas — then never turn the same rows into AuditEvents
+// twice; the second waits and finds them gone.
+func (s *Store) forUpdate() string {
+	if s.d == dialectPostgres {
+		return " FOR UPDATE"
+	}
+	return ""
 }
 
 func (t *Tx) auditRows(q string, args ...any) ([]AuditRecord, error) {
@@ -144,18 +154,20 @@ func (t *Tx) DoneAudit(ids []int64) error {
 // taken out of. The caller checks each entry.
 func (t *Tx) JournalFor(patient string) ([]AuditRecord, error) {
 	return t.auditRows(`SELECT id, `+auditCols+` FROM audit_log a WHERE patient = ? AND refs LIKE ?
-		AND NOT EXISTS (SELECT 1 FROM audit_done d WHERE d.journal = a.id AND d.patient = ?) ORDER BY id`,
+		AND NOT EXISTS (SELECT 1 FROM audit_done d WHERE d.journal = a.id AND d.patient = ?) ORDER BY id`+t.s.forUpdate(),
 		AuditJournal, "%"+patient+"%", patient)
 }
 
-// TookFromJournal records that patient's entries of these journal rows were written as rows of their own.
-func (t *Tx) TookFromJournal(patient string, ids []int64) error {
-	for _, id := range ids {
-		if err := t.exec(`INSERT INTO audit_done (journal, patient) VALUES (?, ?)`, id, patient); err != nil {
-			return err
-		}
+// TakeFromJournal claims a patient's entries of a journal row: true when this transaction is the first to, so
+// the caller writes them as rows of their own; false when another already did (two requests of one patient at
+// once).
+func (t *Tx) TakeFromJournal(patient string, id int64) (bool, error) {
+	res, err := t.execContext(t.s.d.rebind(`INSERT INTO audit_done (journal, patient) VALUES (?, ?) ON CONFLICT DO NOTHING`), id, patient)
+	if err != nil {
+		return false, t.s.dbErr("writing the audit log", err)
 	}
-	return nil
+	n, err := res.RowsAffected()
+	return n == 1, err
 }
 
 // JournalTaken returns the patients already taken out of a journal row.
