@@ -123,6 +123,18 @@ func TestConformanceAgainstCarta(t *testing.T) {
 		t.Fatalf("JSON report of the isolation group: %v %d %s", err, code, out)
 	}
 
+	// The launch group with a confidential (symmetric) client: the suite authenticates with HTTP Basic.
+	if out, errOut, code := runCmdIn(t, "a confidential secret of the app\n", "clients", "add", "--data", data, "--id", "conf-secret", "--kind", "confidential",
+		"--secret", "-", "--redirect-uri", "http://127.0.0.1:9/callback"); code != 0 {
+		t.Fatalf("clients add: %s %s", out, errOut)
+	}
+	symCfg := filepath.Join(dir, "symmetric.json")
+	os.WriteFile(symCfg, []byte(fmt.Sprintf(`{"base":%q,"patientA":{"id":%q,"token":%q},"launch":{"clientId":"conf-secret","clientSecret":"a confidential secret of the app",
+		"redirectUri":"http://127.0.0.1:9/callback","username":"conf-a","password":"correct horse battery staple"}}`, base, a, tokA)), 0o600)
+	if out, errOut, code := runCmd(t, "conformance", "--config", symCfg, "--group", "launch", "--quiet"); code != 0 || !strings.HasSuffix(out, "8 passed, 0 failed, 0 skipped") {
+		t.Fatalf("launch with a symmetric client: %d\n%s\n%s", code, out, errOut)
+	}
+
 	// A patient token that can read another patient's record makes the run fail (exit 1).
 	leaky, _, _ := runCmd(t, "token", "--data", data, "--user", "Practitioner/x", "--scope", "user/*.rs")
 	if out, _, code := runCmd(t, "conformance", "--base", base, "--config", cfg, "--patient-a-token", leaky, "--group", "isolation", "--quiet"); code != 1 || !strings.Contains(out, "FAIL   isolation-read") {
