@@ -35,8 +35,7 @@ func (t *T) patientA() (string, string) {
 
 // tokenEndpoint is the SMART token endpoint (the test is omitted without one).
 func (t *T) tokenEndpoint() string {
-	sc := t.needSMART()
-	te := str(sc, "token_endpoint")
+	te := t.endpoint("token_endpoint")
 	if te == "" {
 		t.Omitf("the SMART configuration names no token_endpoint")
 	}
@@ -157,7 +156,7 @@ func authGroup() Group {
 			Description: "POST introspection_endpoint with a made-up token (the request authenticated with a token of the run) → 200 {\"active\": false} and nothing else.",
 			Requirement: rfc7662,
 			Run: func(t *T) {
-				ie := str(t.needSMART(), "introspection_endpoint")
+				ie := t.endpoint("introspection_endpoint")
 				if ie == "" {
 					t.Omitf("no introspection_endpoint is advertised")
 				}
@@ -174,7 +173,7 @@ func authGroup() Group {
 			Description: "POST introspection_endpoint with patient A's token → active true, with scope and the patient in context.",
 			Requirement: "SMART App Launch 2.2.0 token-introspection.html#required-fields",
 			Run: func(t *T) {
-				ie := str(t.needSMART(), "introspection_endpoint")
+				ie := t.endpoint("introspection_endpoint")
 				if ie == "" {
 					t.Omitf("no introspection_endpoint is advertised")
 				}

@@ -43,6 +43,24 @@ func (t *T) smartConfig() map[string]any {
 	return m
 }
 
+// endpoint is a URL of the SMART configuration, resolved against the document's own URL the way a tolerant client
+// does ("" when absent), so a relative URL fails discovery-absolute-urls alone rather than every test using it.
+func (t *T) endpoint(key string) string {
+	v := str(t.needSMART(), key)
+	if v == "" {
+		return ""
+	}
+	base, err := url.Parse(t.url(".well-known/smart-configuration"))
+	if err != nil {
+		return v
+	}
+	ref, err := url.Parse(v)
+	if err != nil {
+		return v
+	}
+	return base.ResolveReference(ref).String()
+}
+
 // needSMART omits a test when the server publishes no SMART configuration.
 func (t *T) needSMART() map[string]any {
 	sc := t.smartConfig()

@@ -4,7 +4,9 @@ import (
 	"context"
 	"crypto/rand"
 	"crypto/rsa"
+	"crypto/sha256"
 	"crypto/x509"
+	"encoding/base64"
 	"encoding/json"
 	"encoding/pem"
 	"encoding/xml"
@@ -37,9 +39,147 @@ type fakeServer struct {
 	acceptNone  bool // the token endpoint accepts an unsigned (alg none) client assertion
 	base        string
 
+	plainPKCE bool // the authorization endpoint accepts code_challenge_method=plain
+
 	backendKey *rsa.PublicKey
 	mu         sync.Mutex
 	seenJTI    map[string]bool
+	issued     map[string]string // access tokens issued by launches → patient
+	pending    map[string]url.Values
+	codes      map[string]*fakeCode
+	refresh    map[string]string // refresh token → granted scope
+	serial     int
+}
+
+type fakeCode struct {
+	params url.Values
+	used   bool
+}
+
+const (
+	fakeApp      = "fake-app"
+	fakeRedirect = "http://127.0.0.1:9/cb"
+	fakeScope    = "launch/patient offline_access patient/*.rs"
+)
+
+// tokenPatient is the patient a token is for (known false for an unknown or revoked token).
+func (f *fakeServer) tokenPatient(tok string) (string, bool) {
+	if p, ok := fakeTokens[tok]; ok {
+		return p, true
+	}
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	p, ok := f.issued[tok]
+	return p, ok
+}
+
+func (f *fakeServer) next() string {
+	f.serial++
+	return strconv.Itoa(f.serial)
+}
+
+// authorize checks an authorization request and shows the sign-in form.
+func (f *fakeServer) authorize(w http.ResponseWriter, r *http.Request) {
+	q := r.URL.Query()
+	if q.Get("client_id") != fakeApp || q.Get("redirect_uri") != fakeRedirect {
+		http.Error(w, "unknown client or redirect URI", 400)
+		return
+	}
+	method := q.Get("code_challenge_method")
+	if q.Get("response_type") != "code" || q.Get("aud") != f.base || q.Get("code_challenge") == "" || !(method == "S256" || f.plainPKCE && method == "plain") {
+		http.Redirect(w, r, fakeRedirect+"?error=invalid_request&state="+url.QueryEscape(q.Get("state")), http.StatusFound)
+		return
+	}
+	f.mu.Lock()
+	id := f.next()
+	if f.pending == nil {
+		f.pending = map[string]url.Values{}
+	}
+	f.pending[id] = q
+	f.mu.Unlock()
+	w.Header().Set("Content-Type", "text/html")
+	io.WriteString(w, `<html><body><form method="post" action="login"><input type="hidden" name="req" value="`+id+`">
+		<input type="text" name="username"><input type="password" name="password"><button type="submit">Sign in</button></form></body></html>`)
+}
+
+func (f *fakeServer) login(w http.ResponseWriter, r *http.Request) {
+	r.ParseForm()
+	f.mu.Lock()
+	q, ok := f.pending[r.PostForm.Get("req")]
+	delete(f.pending, r.PostForm.Get("req"))
+	code := "code-" + f.next()
+	if ok && r.PostForm.Get("username") == "ann" && r.PostForm.Get("password") == "pw" {
+		if f.codes == nil {
+			f.codes = map[string]*fakeCode{}
+		}
+		f.codes[code] = &fakeCode{params: q}
+	}
+	f.mu.Unlock()
+	if !ok || r.PostForm.Get("password") != "pw" {
+		http.Error(w, "sign-in failed", 400)
+		return
+	}
+	http.Redirect(w, r, fakeRedirect+"?code="+code+"&state="+url.QueryEscape(q.Get("state")), http.StatusFound)
+}
+
+// grant answers the authorization_code and refresh_token grants of the fake app.
+func (f *fakeServer) grant(w http.ResponseWriter, form url.Values) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	scope := ""
+	switch form.Get("grant_type") {
+	case "authorization_code":
+		c := f.codes[form.Get("code")]
+		if c == nil || c.used || form.Get("client_id") != fakeApp || form.Get("redirect_uri") != fakeRedirect {
+			f.oauth(w, 400, "invalid_grant")
+			return
+		}
+		c.used = true
+		v := form.Get("code_verifier")
+		sum := sha256.Sum256([]byte(v))
+		ok := v != "" && (c.params.Get("code_challenge_method") == "S256" && base64.RawURLEncoding.EncodeToString(sum[:]) == c.params.Get("code_challenge") ||
+			c.params.Get("code_challenge_method") == "plain" && v == c.params.Get("code_challenge"))
+		if !ok {
+			f.oauth(w, 400, "invalid_grant")
+			return
+		}
+		scope = fakeScope
+	case "refresh_token":
+		granted, ok := f.refresh[form.Get("refresh_token")]
+		if !ok {
+			f.oauth(w, 400, "invalid_grant")
+			return
+		}
+		scope = granted
+		if asked := form.Get("scope"); asked != "" {
+			for s := range strings.FieldsSeq(asked) {
+				if !strings.Contains(" "+granted+" ", " "+s+" ") {
+					f.oauth(w, 400, "invalid_scope")
+					return
+				}
+			}
+			scope = asked
+		}
+		delete(f.refresh, form.Get("refresh_token"))
+	}
+	at, rt := "tok-launch-"+f.next(), "rt-"+f.next()
+	if f.issued == nil {
+		f.issued, f.refresh = map[string]string{}, map[string]string{}
+	}
+	f.issued[at] = "a"
+	f.refresh[rt] = fakeScope
+	w.Header().Set("Content-Type", "application/json")
+	w.Header().Set("Cache-Control", "no-store")
+	json.NewEncoder(w).Encode(map[string]any{"access_token": at, "token_type": "bearer", "expires_in": 3600, "scope": scope, "patient": "a", "refresh_token": rt})
+}
+
+func (f *fakeServer) revoke(w http.ResponseWriter, r *http.Request) {
+	r.ParseForm()
+	f.mu.Lock()
+	delete(f.issued, r.PostForm.Get("token"))
+	delete(f.refresh, r.PostForm.Get("token"))
+	f.mu.Unlock()
+	w.WriteHeader(200)
 }
 
 // backendToken is client_credentials with a private_key_jwt assertion, checked as SMART asks (or, with the
@@ -178,6 +318,15 @@ func (f *fakeServer) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 			"capabilities": []any{"launch-standalone", "client-public", "client-confidential-asymmetric", "context-standalone-patient", "permission-patient"}, "code_challenge_methods_supported": []any{"S256"},
 			"scopes_supported": []any{"patient/*.rs"}, "response_types_supported": []any{"code"}})
 		return
+	case "authorize":
+		f.authorize(w, r)
+		return
+	case "login":
+		f.login(w, r)
+		return
+	case "revoke":
+		f.revoke(w, r)
+		return
 	case "token":
 		r.ParseForm()
 		switch {
@@ -186,14 +335,14 @@ func (f *fakeServer) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		case r.Header.Get("Authorization") != "":
 			f.oauth(w, 401, "invalid_client")
 		case r.PostForm.Get("grant_type") == "authorization_code" || r.PostForm.Get("grant_type") == "refresh_token":
-			f.oauth(w, 400, "invalid_grant")
+			f.grant(w, r.PostForm)
 		default:
 			f.oauth(w, 400, "unsupported_grant_type")
 		}
 		return
 	}
 	tok := strings.TrimPrefix(r.Header.Get("Authorization"), "Bearer ")
-	patient, known := fakeTokens[tok]
+	patient, known := f.tokenPatient(tok)
 	if !known {
 		if tok == "" && f.anonymous {
 			patient = "a"
@@ -205,7 +354,7 @@ func (f *fakeServer) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 	if path == "introspect" {
 		r.ParseForm()
-		p, ok := fakeTokens[r.PostForm.Get("token")]
+		p, ok := f.tokenPatient(r.PostForm.Get("token"))
 		w.Header().Set("Content-Type", "application/json")
 		if !ok {
 			json.NewEncoder(w).Encode(map[string]any{"active": false})
@@ -327,7 +476,8 @@ func runFake(t *testing.T, f *fakeServer) map[string]Result {
 	f.backendKey = &key.PublicKey
 	der, _ := x509.MarshalPKCS8PrivateKey(key)
 	cfg := &Config{Base: f.base, PatientA: Identity{ID: "a", Token: "tok-a"}, PatientB: Identity{ID: "b", Token: "tok-b"}, System: Identity{Token: "tok-sys"},
-		Backend: &BackendClient{ClientID: "fake-backend", PrivateKey: string(pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: der})), KeyID: "fake-1"}}
+		Backend: &BackendClient{ClientID: "fake-backend", PrivateKey: string(pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: der})), KeyID: "fake-1"},
+		Launch:  &LaunchClient{ClientID: fakeApp, RedirectURI: fakeRedirect, Scope: fakeScope, Username: "ann", Password: "pw"}}
 	if err := cfg.Validate(); err != nil {
 		t.Fatal(err)
 	}
@@ -395,6 +545,7 @@ func TestFaultyServer(t *testing.T) {
 		"wrong Bundle type":                 {&fakeServer{collection: true}, []string{"rest-search-post", "rest-searchset"}, "http.html#search"},
 		"relative discovery URL":            {&fakeServer{relativeURL: true}, []string{"discovery-absolute-urls"}, "conformance.html#using-well-known"},
 		"unsigned client assertions":        {&fakeServer{acceptNone: true}, []string{"backend-alg-none"}, "client-confidential-asymmetric.html"},
+		"PKCE plain accepted":               {&fakeServer{plainPKCE: true}, []string{"launch-pkce-plain"}, "app-launch.html"},
 	}
 	for name, d := range defects {
 		t.Run(name, func(t *testing.T) {

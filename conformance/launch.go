@@ -60,7 +60,7 @@ func (t *T) launchClient() (*LaunchClient, string) {
 	if lc == nil {
 		t.Skipf("needs a registered app and a way to sign in (launch: clientId, redirectUri, username/password or loginCommand)")
 	}
-	return lc, str(sc, "authorization_endpoint")
+	return lc, t.endpoint("authorization_endpoint")
 }
 
 // authorize runs an authorization request through the sign-in and returns where the browser was sent: the
@@ -429,7 +429,7 @@ func launchGroup() Group {
 			Requirement: "RFC 7009 section 2.2",
 			Run: func(t *T) {
 				lc, ep := t.launchClient()
-				re := str(t.needSMART(), "revocation_endpoint")
+				re := t.endpoint("revocation_endpoint")
 				if re == "" {
 					t.Omitf("no revocation_endpoint is advertised")
 				}
