@@ -235,7 +235,7 @@ func (s *Server) materializeFor(ctx context.Context, acc *fhir.Access, vals map[
 		return nil, s.store.InTx(ctx, func(tx *store.Tx) error { _, err := s.materializeAudit(tx, patient, 0); return err })
 	}
 	deadline := time.Now().Add(auditSyncBudget)
-	if err := s.convertAll(ctx, func(time.Duration) bool { return time.Now().Before(deadline) }); err != nil {
+	if err := s.convertLog(ctx, func(time.Duration) bool { return time.Now().Before(deadline) }, true); err != nil {
 		return nil, err
 	}
 	left, err := s.store.AuditBacklog(ctx)
@@ -247,15 +247,17 @@ func (s *Server) materializeFor(ctx context.Context, acc *fhir.Access, vals map[
 			"a search with patient=<id> is always complete", left)}}, nil
 }
 
-// convertAll splits the journal and converts every pending row, auditChunk rows per transaction; between
-// chunks, pause (when set) may hold it back or stop it (false).
-func (s *Server) convertAll(ctx context.Context, pause func(time.Duration) bool) error {
-	return s.convertSteps(ctx, pause, true)
-}
-
-// convertSteps splits the journal and, when convert is set, turns the split rows into AuditEvents.
-func (s *Server) convertSteps(ctx context.Context, pause func(time.Duration) bool, convert bool) error {
-	steps := []func(tx *store.Tx) (int, error){func(tx *store.Tx) (int, error) { return explodeAudit(tx, 1) }}
+// convertLog splits the journal a row per transaction and, when convert is set, turns the split rows into
+// AuditEvents, auditChunk rows per transaction; between transactions, pause (when set) may hold it back or stop
+// it (false).
+func (s *Server) convertLog(ctx context.Context, pause func(time.Duration) bool, convert bool) error {
+	steps := []func(tx *store.Tx) (int, error){func(tx *store.Tx) (int, error) {
+		split, err := splitJournal(tx)
+		if split {
+			return 1, err
+		}
+		return 0, err
+	}}
 	if convert {
 		steps = append(steps, func(tx *store.Tx) (int, error) { return s.materializeAudit(tx, "*", auditChunk) })
 	}
@@ -313,7 +315,7 @@ func (s *Server) convertAudit(l *auditLog) {
 			rest = 30
 		}
 		deadline := time.Now().Add(2 * time.Second)
-		err := s.convertSteps(context.Background(), func(took time.Duration) bool {
+		err := s.convertLog(context.Background(), func(took time.Duration) bool {
 			if quiet && s.requests.Load()-last > auditBusy || time.Now().After(deadline) {
 				return false // look at the load again
 			}
@@ -441,7 +443,7 @@ func (l *auditLog) run() {
 
 // write appends one journal row per (agent, interaction) of what arrived since the last flush, naming each
 // resource read with the patients whose compartments held it at the time ("Observation/7=p1"). Splitting the
-// journal by patient is left to explodeAudit, off the request path.
+// journal by patient is left to splitJournal, off the request path.
 func (l *auditLog) write(buf []auditRec) []auditRec {
 	if len(buf) == 0 {
 		return buf
@@ -561,62 +563,46 @@ func takeFromJournal(tx *store.Tx, patient string) error {
 	return tx.LogAuditRows(recs)
 }
 
-// explodeAudit splits up to max journal rows (0: all) into one log row per (agent, interaction, patient) — the
-// index by which a patient's AuditEvents are built — and says how many journal rows it split.
-func explodeAudit(tx *store.Tx, max int) (int, error) {
-	done := 0
-	for max == 0 || done < max {
-		limit := 50
-		if max > 0 {
-			limit = min(limit, max-done)
+// splitJournal splits the oldest journal row into one log row per (agent, interaction, patient) — the index by
+// which a patient's AuditEvents are built — leaving out the patients already taken from it; it reports whether
+// there was a row to split.
+func splitJournal(tx *store.Tx) (bool, error) {
+	rows, err := tx.PendingAudit(store.AuditJournal, 1)
+	if err != nil || len(rows) == 0 {
+		return false, err
+	}
+	j := rows[0]
+	taken, err := tx.JournalTaken(j.ID)
+	if err != nil {
+		return false, err
+	}
+	byPatient := map[string]int{}
+	var recs []store.AuditRecord
+	for _, e := range j.Refs {
+		ref, ps, _ := strings.Cut(e, "=")
+		pts := strings.Split(ps, ",")
+		if ps == "" {
+			pts = []string{""} // a shared resource, in no patient's compartment
 		}
-		rows, err := tx.PendingAudit(store.AuditJournal, limit)
-		if err != nil || len(rows) == 0 {
-			return done, err
-		}
-		ids := make([]int64, 0, len(rows))
-		var recs []store.AuditRecord
-		for _, j := range rows {
-			ids = append(ids, j.ID)
-			taken, err := tx.JournalTaken(j.ID)
-			if err != nil {
-				return done, err
+		for _, p := range pts {
+			if taken[p] {
+				continue
 			}
-			byPatient := map[string]int{}
-			for _, e := range j.Refs {
-				ref, ps, _ := strings.Cut(e, "=")
-				pts := strings.Split(ps, ",")
-				if ps == "" {
-					pts = []string{""} // a shared resource, in no patient's compartment
-				}
-				for _, p := range pts {
-					if taken[p] {
-						continue
-					}
-					i, ok := byPatient[p]
-					if !ok {
-						i = len(recs)
-						byPatient[p] = i
-						r := j
-						r.ID, r.Patient, r.Refs = 0, p, nil
-						recs = append(recs, r)
-					}
-					recs[i].Refs = append(recs[i].Refs, ref)
-				}
+			i, ok := byPatient[p]
+			if !ok {
+				i = len(recs)
+				byPatient[p] = i
+				r := j
+				r.ID, r.Patient, r.Refs = 0, p, nil
+				recs = append(recs, r)
 			}
-		}
-		if err := tx.LogAuditRows(recs); err != nil {
-			return done, err
-		}
-		if err := tx.DoneAudit(ids); err != nil {
-			return done, err
-		}
-		done += len(rows)
-		if len(rows) < limit {
-			return done, nil
+			recs[i].Refs = append(recs[i].Refs, ref)
 		}
 	}
-	return done, nil
+	if err := tx.LogAuditRows(recs); err != nil {
+		return false, err
+	}
+	return true, tx.DoneAudit([]int64{j.ID})
 }
 
 func uniqStrings(l []string) []string {
