@@ -146,6 +146,11 @@ func TestConformanceAgainstCarta(t *testing.T) {
 	if code != 0 || !regexp.MustCompile(`(?m)^isolation-binary\tisolation\t.+$`).MatchString(list) {
 		t.Fatalf("--list: %d\n%s", code, list)
 	}
+	typo := filepath.Join(dir, "typo.json")
+	os.WriteFile(typo, []byte(`{"base":"`+base+`","patientA":{"id":"x","tokn":"y"}}`), 0o600)
+	if _, errOut, code := runCmd(t, "conformance", "--config", typo); code != 2 || !strings.Contains(errOut, "tokn") {
+		t.Errorf("a misspelt input: exit %d, want 2 naming it (%s)", code, errOut)
+	}
 	for _, args := range [][]string{{"conformance"}, {"conformance", "--base", base, "--group", "nope"}, {"conformance", "--base", base, "--report", "xml"}} {
 		if _, errOut, code := runCmd(t, args...); code != 2 {
 			t.Errorf("%v: exit %d, want 2 (%s)", args, code, errOut)
